@@ -1,0 +1,233 @@
+"""Class projections g_i(c) of the ProjNCE family (spec section 2) as anchor-class scores.
+
+Every projection is evaluated as the matrix G[i, c] = z_i . g_i(c) for the local anchors i
+and the class slots c, where g_i leaves anchor i out of its own class (data-dependent
+projections). Nothing here builds the N x N matrix except `kernel`, whose leave-one-out
+weights need each anchor's distance to the rows of its own class (an [n, N] product).
+
+| name         | g_i(c)                                                          |
+|--------------|-----------------------------------------------------------------|
+| `centroid`   | mean of S_c \\ {i}                                              |
+| `median`     | coordinate-wise median of S_c \\ {i}                            |
+| `kernel`     | Epanechnikov Nadaraya-Watson mean of S_c \\ {i} around its mean |
+| `orthogonal` | row c of a fixed matrix with orthonormal rows (needs d >= M)    |
+| `mlp`        | normalise(MLP(onehot(c))), parameters trained by the caller    |
+"""
+
+from typing import Any, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from projnce_jax.losses._common import normalize
+
+DATA_DEPENDENT = ("centroid", "median", "kernel")
+CLASS_TABLE = ("orthogonal", "mlp")
+PROJECTIONS = DATA_DEPENDENT + CLASS_TABLE
+NEGATIVES = PROJECTIONS + ("sample",)
+ORTHOGONAL_SEED = 0
+
+
+class ClassBatch(NamedTuple):
+  """The batch as the projections see it (local anchors, global class statistics).
+
+  Attributes:
+    z: [n, d] local normalised rows (compute dtype).
+    slots: [n] int class slot of each local row, in [0, K).
+    valid: [n] bool rows that take part.
+    offset: global index of the first local row (0 on one device).
+    counts: [K] global number of valid rows per slot.
+    sums: [K, d] global sum of the valid rows per slot.
+    z_all, slots_all, valid_all: the gathered global batch [N, ...] (same as local on one
+      device).
+    axis_name: data-parallel axis or None.
+  """
+  z: jax.Array
+  slots: jax.Array
+  valid: jax.Array
+  offset: Any
+  counts: jax.Array
+  sums: jax.Array
+  z_all: jax.Array
+  slots_all: jax.Array
+  valid_all: jax.Array
+  axis_name: Optional[str]
+
+  @property
+  def own(self) -> jax.Array:
+    """[n, K] float one-hot of each valid anchor's own slot."""
+    k = self.counts.shape[0]
+    return jax.nn.one_hot(self.slots, k, dtype=self.z.dtype) * self.valid[:, None]
+
+  @property
+  def loo_counts(self) -> jax.Array:
+    """[n, K] n_c^(i) = |S_c \\ {i}|."""
+    return self.counts[None, :] - self.own
+
+
+def _psum(x, axis_name):
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _with_own_column(scores, own_scores, own):
+  """Replaces column slot_i of `scores` [n, K] by `own_scores` [n] (leave-one-out)."""
+  return jnp.where(own > 0, own_scores[:, None], scores)
+
+
+def centroid_scores(b: ClassBatch) -> jax.Array:
+  """G[i, c] = z_i . mean(S_c \\ {i}) from the class sums, O(n K d)."""
+  own = b.own
+  dots = b.z @ b.sums.T  # [n, d] x [d, K] -> [n, K]
+  self_dot = jnp.sum(b.z * b.z, axis=1)
+  return (dots - own * self_dot[:, None]) / jnp.maximum(b.loo_counts, 1.0)
+
+
+def median_scores(b: ClassBatch) -> jax.Array:
+  """G[i, c] = z_i . coordinate-wise median of S_c \\ {i}.
+
+  One sort of the gathered batch per coordinate, keyed by (slot, value): each class is a
+  contiguous run whose middle elements are its median; the leave-one-out median of an
+  anchor skips the anchor's own rank in that run. Gradients flow to the selected rows.
+  """
+  num, dim = b.z_all.shape
+  k = b.counts.shape[0]
+  counts = b.counts.astype(jnp.int32)
+  key = jnp.where(b.valid_all, b.slots_all, k)  # invalid rows sort last
+  rows = jnp.arange(num, dtype=jnp.int32)
+  _, _, perm = jax.lax.sort(
+      (jnp.broadcast_to(key[:, None], (num, dim)), jax.lax.stop_gradient(b.z_all),
+       jnp.broadcast_to(rows[:, None], (num, dim))),
+      dimension=0, num_keys=2)
+  cols = jnp.arange(dim)[None, :]
+  sorted_vals = b.z_all[perm, cols]  # [N, d], differentiable gather
+  start = jnp.cumsum(counts) - counts  # [K] first sorted position of each class
+
+  def pick(pos):  # values at sorted positions pos [.., d] (clamped)
+    return jnp.take_along_axis(sorted_vals, jnp.clip(pos, 0, num - 1), axis=0)
+
+  lo = start + (counts - 1) // 2
+  hi = start + counts // 2
+  med = 0.5 * (pick(jnp.broadcast_to(lo[:, None], (k, dim))) +
+               pick(jnp.broadcast_to(hi[:, None], (k, dim))))  # [K, d]
+
+  # Leave-one-out median of each local anchor's own class.
+  rank_all = jnp.zeros((num, dim), jnp.int32).at[perm, cols].set(rows[:, None])
+  n_loc = b.z.shape[0]
+  rank = jax.lax.dynamic_slice_in_dim(rank_all, b.offset, n_loc, axis=0)  # [n, d]
+  own_start = start[b.slots][:, None]
+  own_count = counts[b.slots][:, None]
+  rho = rank - own_start  # the anchor's rank inside its class run
+  t1 = (own_count - 2) // 2
+  t2 = (own_count - 1) // 2
+
+  def skip(t):  # index in the run with the anchor removed
+    return own_start + t + (t >= rho).astype(jnp.int32)
+
+  loo = 0.5 * (pick(skip(t1)) + pick(skip(t2)))  # [n, d]
+  scores = b.z @ med.T  # [n, d] x [d, K] -> [n, K]
+  return _with_own_column(scores, jnp.sum(b.z * loo, axis=1), b.own)
+
+
+def epanechnikov(sq_dist: jax.Array, bandwidth) -> jax.Array:
+  """K(t) = max(0, 1 - t^2) with t = dist / h, from squared distances; no gradient."""
+  w = jnp.maximum(0.0, 1.0 - sq_dist / (bandwidth * bandwidth))
+  return jax.lax.stop_gradient(w)
+
+
+def kernel_scores(b: ClassBatch, bandwidth: float = 1.0) -> jax.Array:
+  """G[i, c] = z_i . Nadaraya-Watson mean of S_c \\ {i} (Epanechnikov, around its mean).
+
+  Weights w_j = K(||z_j - m|| / h), m the class mean (leave-one-out for the anchor's own
+  class), under stop_gradient; all-zero weights fall back to m. Other classes use local
+  segment sums (psum'd); the own class needs the anchor-to-row distances, [n, N].
+  """
+  k = b.counts.shape[0]
+  axis = b.axis_name
+  means = b.sums / jnp.maximum(b.counts, 1.0)[:, None]  # [K, d]
+
+  # Other classes: weights of local rows around their class mean, then psum.
+  sq = jnp.sum(jnp.square(b.z - means[b.slots]), axis=1)
+  w = epanechnikov(sq, bandwidth) * b.valid
+  num = _psum(jax.ops.segment_sum(w[:, None] * b.z, b.slots, num_segments=k), axis)
+  den = _psum(jax.ops.segment_sum(w, b.slots, num_segments=k), axis)
+  proj = jnp.where(den[:, None] > 0, num / jnp.where(den > 0, den, 1.0)[:, None], means)
+
+  # Own class, leaving the anchor out: m_i = (sum - z_i) / (n - 1).
+  own_count = b.counts[b.slots] - 1.0
+  m_loo = (b.sums[b.slots] - b.z) / jnp.maximum(own_count, 1.0)[:, None]  # [n, d]
+  sq_all = (jnp.sum(jnp.square(b.z_all), axis=1)[None, :] - 2.0 * (m_loo @ b.z_all.T) +
+            jnp.sum(jnp.square(m_loo), axis=1)[:, None])  # [n, N]
+  row_ids = b.offset + jnp.arange(b.z.shape[0])
+  member = ((b.slots_all[None, :] == b.slots[:, None]) & b.valid_all[None, :] &
+            (jnp.arange(b.z_all.shape[0])[None, :] != row_ids[:, None]))
+  w_own = jnp.where(member, epanechnikov(jnp.maximum(sq_all, 0.0), bandwidth), 0.0)
+  den_own = jnp.sum(w_own, axis=1)
+  num_own = w_own @ b.z_all  # [n, N] x [N, d] -> [n, d]
+  g_own = jnp.where(den_own[:, None] > 0,
+                    num_own / jnp.where(den_own > 0, den_own, 1.0)[:, None], m_loo)
+
+  scores = b.z @ proj.T  # [n, d] x [d, K] -> [n, K]
+  return _with_own_column(scores, jnp.sum(b.z * g_own, axis=1), b.own)
+
+
+def orthogonal_table(num_classes: int, dim: int, seed: int = ORTHOGONAL_SEED) -> np.ndarray:
+  """A fixed [num_classes, dim] matrix with orthonormal rows (QR of a seeded Gaussian).
+
+  Raises:
+    ValueError: if dim < num_classes (no M orthonormal vectors exist in R^d).
+  """
+  if dim < num_classes:
+    raise ValueError(
+        f"The 'orthogonal' projection needs embedding dim d >= num_classes, got d={dim} < "
+        f"num_classes={num_classes}.")
+  gauss = np.random.default_rng(seed).standard_normal((dim, num_classes))
+  q, _ = np.linalg.qr(gauss)  # [d, M], orthonormal columns
+  return q.T
+
+
+class ClassEmbeddingMLP(nn.Module):
+  """The learnable `mlp` projection: g(c) = normalise(MLP(onehot(c))).
+
+  Attributes:
+    num_classes: M.
+    dim: output dimension d (the embedding dimension).
+    hidden: width of the hidden layer.
+  """
+  num_classes: int
+  dim: int
+  hidden: int = 256
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    """Returns the [num_classes, dim] table of unit class vectors."""
+    onehot = jnp.eye(self.num_classes, dtype=jnp.float32)
+    h = nn.relu(nn.Dense(self.hidden, name="hidden")(onehot))
+    return normalize(nn.Dense(self.dim, name="out")(h))
+
+
+def init_mlp_params(key: jax.Array, *, num_classes: int, dim: int, hidden: int = 256):
+  """Initialises the parameters of the `mlp` projection (pass them as `params=`).
+
+  Example:
+    >>> params = init_mlp_params(jax.random.key(0), num_classes=10, dim=128)
+    >>> loss, aux = projnce(z, labels, positive="mlp", num_classes=10, params=params)
+  """
+  module = ClassEmbeddingMLP(num_classes=num_classes, dim=dim, hidden=hidden)
+  return module.init(key)["params"]
+
+
+def mlp_table(params, num_classes: int) -> jax.Array:
+  """The [num_classes, d] table of the `mlp` projection for `params`."""
+  try:
+    hidden, dim = params["hidden"]["kernel"].shape[1], params["out"]["kernel"].shape[1]
+    in_dim = params["hidden"]["kernel"].shape[0]
+  except (KeyError, TypeError, IndexError) as e:
+    raise ValueError("params for the 'mlp' projection must come from init_mlp_params(); "
+                     f"got {jax.tree_util.tree_map(jnp.shape, params)}") from e
+  if in_dim != num_classes:
+    raise ValueError(f"mlp params were built for {in_dim} classes, but num_classes="
+                     f"{num_classes}.")
+  module = ClassEmbeddingMLP(num_classes=num_classes, dim=dim, hidden=hidden)
+  return module.apply({"params": params})
