@@ -85,6 +85,26 @@ def normalize_images(images: jax.Array, *, mean=None, std=None) -> jax.Array:
   return _normalize_unit(_to_unit(images), mean, std)
 
 
+def _crop_box(u: jax.Array, height: int, width: int, scale, ratio) -> jax.Array:
+  """Crop box from 4 uniforms in [0, 1); see ``sample_crop_params``."""
+  area = scale[0] + u[0] * (scale[1] - scale[0])
+  log_r = math.log(ratio[0]) + u[1] * (math.log(ratio[1]) - math.log(ratio[0]))
+  # w = sqrt(area * H * W * r) <= W and h = sqrt(area * H * W / r) <= H.
+  r = jnp.clip(jnp.exp(log_r), area * width / height, width / (area * height))
+  crop_w = jnp.minimum(jnp.sqrt(area * height * width * r), width)
+  crop_h = jnp.minimum(jnp.sqrt(area * height * width / r), height)
+  top = u[2] * (height - crop_h)
+  left = u[3] * (width - crop_w)
+  return jnp.stack([top, left, crop_h, crop_w]).astype(jnp.float32)
+
+
+def _check_scale(scale) -> tuple[float, float]:
+  scale = tuple(float(s) for s in scale)
+  if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+    raise ValueError(f"crop scale must satisfy 0 < lo <= hi <= 1, got {scale}.")
+  return scale
+
+
 def sample_crop_params(
     key: jax.Array,
     height: int,
@@ -93,7 +113,7 @@ def sample_crop_params(
     scale: tuple[float, float] = (0.2, 1.0),
     ratio: tuple[float, float] = CROP_RATIO,
 ) -> jax.Array:
-  """Samples a random-resized-crop box.
+  """Samples a random-resized-crop box (the one ``augment_images`` uses).
 
   The area fraction is uniform in ``scale`` and the log aspect ratio (w / h)
   uniform in ``log(ratio)``; the ratio is then clipped so the box fits inside
@@ -102,34 +122,52 @@ def sample_crop_params(
   Returns:
     float32 [4]: (top, left, crop_height, crop_width) in pixels.
   """
-  if not 0.0 < scale[0] <= scale[1] <= 1.0:
-    raise ValueError(f"crop scale must satisfy 0 < lo <= hi <= 1, got {scale}.")
-  k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
-  area = jax.random.uniform(k_area, minval=scale[0], maxval=scale[1])
-  log_r = jax.random.uniform(
-      k_ratio, minval=math.log(ratio[0]), maxval=math.log(ratio[1])
-  )
-  # w = sqrt(area * H * W * r) <= W and h = sqrt(area * H * W / r) <= H.
-  r = jnp.clip(jnp.exp(log_r), area * width / height, width / (area * height))
-  crop_w = jnp.minimum(jnp.sqrt(area * height * width * r), width)
-  crop_h = jnp.minimum(jnp.sqrt(area * height * width / r), height)
-  top = jax.random.uniform(k_top) * (height - crop_h)
-  left = jax.random.uniform(k_left) * (width - crop_w)
-  return jnp.stack([top, left, crop_h, crop_w]).astype(jnp.float32)
+  u = jax.random.uniform(key, (4,))
+  return _crop_box(u, height, width, _check_scale(scale), ratio)
+
+
+def _resize_weights(start, length, out_size: int, in_size: int) -> jax.Array:
+  """Linear (triangle) resampling weights, antialiased, [out_size, in_size].
+
+  Output pixel i samples input coordinate ``start + (i + 0.5) * length /
+  out_size`` (pixel centres at j + 0.5); the kernel widens by the downscale
+  factor, and each row is renormalised over the pixels inside the image, as in
+  ``jax.image.scale_and_translate(..., method="linear", antialias=True)``.
+  """
+  step = length / out_size
+  centre = start + (jnp.arange(out_size) + 0.5) * step - 0.5  # [out]
+  width = jnp.maximum(step, 1.0)
+  dist = jnp.abs(centre[:, None] - jnp.arange(in_size)[None, :]) / width
+  w = jnp.maximum(1.0 - dist, 0.0)  # [out, in]
+  return w / jnp.maximum(w.sum(axis=1, keepdims=True), 1e-12)
 
 
 def crop_and_resize(image: jax.Array, box: jax.Array, size: tuple[int, int]):
   """Crops ``box`` = (top, left, h, w) from [H, W, C] and resizes to ``size``.
 
-  Bilinear with antialiasing; fractional boxes are handled exactly.
+  Bilinear with antialiasing, as two small matmuls; fractional boxes are
+  handled exactly.
+
+  Returns:
+    float32 [size[0], size[1], C].
   """
-  top, left, h, w = box[0], box[1], box[2], box[3]
-  scale = jnp.stack([size[0] / h, size[1] / w])
-  translation = -jnp.stack([top, left]) * scale
-  return jax.image.scale_and_translate(
-      image, (*size, image.shape[-1]), (0, 1), scale, translation,
-      method="linear", antialias=True,
-  )
+  wy = _resize_weights(box[0], box[2], size[0], image.shape[0])  # [h, H]
+  wx = _resize_weights(box[1], box[3], size[1], image.shape[1])  # [w, W]
+  return jnp.einsum("yh,hwc,xw->yxc", wy, image.astype(jnp.float32), wx,
+                    precision=jax.lax.Precision.HIGHEST)
+
+
+def _jitter(u: jax.Array, image: jax.Array, strength) -> jax.Array:
+  """Colour jitter from 4 uniforms in [0, 1); see ``color_jitter``."""
+  factor = lambda v, s: 1.0 - s + 2.0 * s * v
+  x = jnp.clip(image * factor(u[0], strength["brightness"]), 0.0, 1.0)
+  x = jnp.clip(pix.adjust_contrast(x, factor(u[1], strength["contrast"])), 0.0, 1.0)
+  if image.shape[-1] == 3:
+    x = jnp.clip(pix.adjust_saturation(x, factor(u[2], strength["saturation"])),
+                 0.0, 1.0)
+    hue = (2.0 * u[3] - 1.0) * strength["hue"]
+    x = jnp.clip(pix.adjust_hue(x, hue), 0.0, 1.0)
+  return x
 
 
 def color_jitter(key: jax.Array, image: jax.Array, *, strength=JITTER):
@@ -138,28 +176,25 @@ def color_jitter(key: jax.Array, image: jax.Array, *, strength=JITTER):
   Factors are uniform in [1 - s, 1 + s] (hue shift uniform in [-s, s] turns);
   saturation and hue are skipped for one-channel images.
   """
-  kb, kc, ks, kh = jax.random.split(key, 4)
-  u = lambda k, s: jax.random.uniform(k, minval=1.0 - s, maxval=1.0 + s)
-  x = jnp.clip(image * u(kb, strength["brightness"]), 0.0, 1.0)
-  x = jnp.clip(pix.adjust_contrast(x, u(kc, strength["contrast"])), 0.0, 1.0)
-  if image.shape[-1] == 3:
-    x = jnp.clip(pix.adjust_saturation(x, u(ks, strength["saturation"])), 0.0, 1.0)
-    hue = jax.random.uniform(kh, minval=-strength["hue"], maxval=strength["hue"])
-    x = jnp.clip(pix.adjust_hue(x, hue), 0.0, 1.0)
-  return x
+  return _jitter(jax.random.uniform(key, (4,)), image, strength)
 
 
-def _augment_one(key, image, *, size, crop_scale, jitter_prob, gray_prob):
-  """One view of one image: [H, W, C] in [0, 1] -> [h, w, C] in [0, 1]."""
-  k_crop, k_flip, k_jit, k_jit_on, k_gray = jax.random.split(key, 5)
-  box = sample_crop_params(k_crop, image.shape[0], image.shape[1], scale=crop_scale)
+_NUM_UNIFORMS = 11  # crop 4, flip 1, jitter on 1, jitter 4, gray 1.
+
+
+def _augment_one(u, image, *, size, crop_scale, jitter_prob, gray_prob):
+  """One view of one image: [H, W, C] in [0, 1] -> [h, w, C] in [0, 1].
+
+  ``u``: float32 [_NUM_UNIFORMS] uniforms in [0, 1) (one draw per batch is far
+  cheaper to compile than many small ones).
+  """
+  box = _crop_box(u[0:4], image.shape[0], image.shape[1], crop_scale, CROP_RATIO)
   x = jnp.clip(crop_and_resize(image, box, size), 0.0, 1.0)
-  x = jnp.where(jax.random.bernoulli(k_flip, 0.5), x[:, ::-1], x)
-  x = jnp.where(jax.random.bernoulli(k_jit_on, jitter_prob),
-                color_jitter(k_jit, x), x)
+  x = jnp.where(u[4] < 0.5, x[:, ::-1], x)
+  x = jnp.where(u[5] < jitter_prob, _jitter(u[6:10], x, JITTER), x)
   if image.shape[-1] == 3:
     gray = jnp.broadcast_to(pix.rgb_to_grayscale(x, keep_dims=True), x.shape)
-    x = jnp.where(jax.random.bernoulli(k_gray, gray_prob), gray, x)
+    x = jnp.where(u[10] < gray_prob, gray, x)
   return x
 
 
@@ -197,12 +232,12 @@ def augment_images(
   one = functools.partial(
       _augment_one,
       size=_size(image_size, height, width),
-      crop_scale=tuple(crop_scale),
+      crop_scale=_check_scale(crop_scale),
       jitter_prob=jitter_prob,
       gray_prob=gray_prob,
   )
-  keys = jax.random.split(key, (b, num_views))
-  views = jax.vmap(jax.vmap(one, in_axes=(0, None)))(keys, _to_unit(images))
+  u = jax.random.uniform(key, (b, num_views, _NUM_UNIFORMS))
+  views = jax.vmap(jax.vmap(one, in_axes=(0, None)))(u, _to_unit(images))
   return _normalize_unit(views, mean, std)
 
 
@@ -291,50 +326,59 @@ def audio_features(
                  n_mels=n_mels)[..., None]
 
 
-def _band_mask(key: jax.Array, length: int, max_width: int) -> jax.Array:
-  """bool [length]: True on one random band of width 0..max_width."""
-  k_w, k_s = jax.random.split(key)
-  width = jax.random.randint(k_w, (), 0, max_width + 1)
-  start = jax.random.randint(k_s, (), 0, jnp.maximum(length - width, 0) + 1)
+def _band_mask(u: jax.Array, length: int, max_width: int) -> jax.Array:
+  """bool [length]: True on one band of width 0..max_width, from 2 uniforms."""
+  width = jnp.floor(u[0] * (max_width + 1)).astype(jnp.int32)
+  start = jnp.floor(u[1] * (length - width + 1)).astype(jnp.int32)
   pos = jnp.arange(length)
   return (pos >= start) & (pos < start + width)
+
+
+def _spec_augment(u, spec, *, time_masks, time_width, freq_masks, freq_width):
+  frames, n_mels = spec.shape
+  t_mask = jnp.zeros((frames,), bool)
+  for i in range(time_masks):
+    t_mask |= _band_mask(u[2 * i : 2 * i + 2], frames, min(time_width, frames))
+  f_mask = jnp.zeros((n_mels,), bool)
+  for i in range(time_masks, time_masks + freq_masks):
+    f_mask |= _band_mask(u[2 * i : 2 * i + 2], n_mels, min(freq_width, n_mels))
+  masked = t_mask[:, None] | f_mask[None, :]
+  return jnp.where(masked, jnp.mean(spec), spec)
 
 
 def spec_augment(
     key: jax.Array, spec: jax.Array, *, time_masks: int = 2, time_width: int = 10,
     freq_masks: int = 2, freq_width: int = 8,
 ) -> jax.Array:
-  """SpecAugment masks on one log-mel [frames, n_mels], filled with its mean."""
-  frames, n_mels = spec.shape
-  keys = jax.random.split(key, time_masks + freq_masks)
-  t_mask = jnp.zeros((frames,), bool)
-  for k in keys[:time_masks]:
-    t_mask |= _band_mask(k, frames, min(time_width, frames))
-  f_mask = jnp.zeros((n_mels,), bool)
-  for k in keys[time_masks:]:
-    f_mask |= _band_mask(k, n_mels, min(freq_width, n_mels))
-  masked = t_mask[:, None] | f_mask[None, :]
-  return jnp.where(masked, jnp.mean(spec), spec)
+  """SpecAugment masks on one log-mel [frames, n_mels], filled with its mean.
+
+  Each mask is a band of uniform width in [0, max width] at a uniform start.
+  """
+  u = jax.random.uniform(key, (2 * (time_masks + freq_masks),))
+  return _spec_augment(u, spec, time_masks=time_masks, time_width=time_width,
+                       freq_masks=freq_masks, freq_width=freq_width)
 
 
-def _augment_audio_one(key, wave, *, sample_rate, crop_length, max_shift,
+def _augment_audio_one(u, wave, *, sample_rate, crop_length, max_shift,
                        gain_db, n_fft, hop, n_mels, masks):
-  """One view of one waveform float [T] -> float32 [frames, n_mels]."""
-  k_crop, k_shift, k_gain, k_mask = jax.random.split(key, 4)
+  """One view of one waveform float [T] -> float32 [frames, n_mels].
+
+  ``u``: uniforms in [0, 1): crop start, shift, gain, then SpecAugment's.
+  """
   if crop_length is not None and crop_length < wave.shape[0]:
-    start = jax.random.randint(k_crop, (), 0, wave.shape[0] - crop_length + 1)
+    start = jnp.floor(u[0] * (wave.shape[0] - crop_length + 1)).astype(jnp.int32)
     wave = jax.lax.dynamic_slice(wave, (start,), (crop_length,))
   t = wave.shape[0]
   max_s = int(round(max_shift * sample_rate))
   if max_s > 0:
-    shift = jax.random.randint(k_shift, (), -max_s, max_s + 1)
+    shift = jnp.floor(u[1] * (2 * max_s + 1)).astype(jnp.int32) - max_s
     src = jnp.arange(t) - shift
     wave = jnp.where((src >= 0) & (src < t), wave[jnp.clip(src, 0, t - 1)], 0.0)
-  gain = jax.random.uniform(k_gain, minval=-gain_db, maxval=gain_db)
+  gain = (2.0 * u[2] - 1.0) * gain_db
   wave = wave * 10.0 ** (gain / 20.0)
   spec = log_mel(wave, sample_rate=sample_rate, n_fft=n_fft, hop=hop,
                  n_mels=n_mels)
-  return spec_augment(k_mask, spec, **masks)
+  return _spec_augment(u[3:], spec, **masks)
 
 
 def augment_audio(
@@ -357,8 +401,10 @@ def augment_audio(
   """Random log-mel views of a batch of waveforms (jit-able).
 
   Per view: random crop to ``crop_length`` samples (if shorter than T), random
-  circular-free time shift of up to ``max_shift`` seconds (zero fill), random
-  gain uniform in [-gain_db, gain_db] dB, log-mel, SpecAugment masks.
+  time shift of up to ``max_shift`` seconds (zero fill), random
+  gain uniform in [-gain_db, gain_db] dB, log-mel, SpecAugment masks (each a
+  band of uniform width in [0, time_width] frames or [0, freq_width] bins, filled
+  with the view's mean).
 
   Args:
     key: PRNG key.
@@ -380,7 +426,7 @@ def augment_audio(
       masks=dict(time_masks=time_masks, time_width=time_width,
                  freq_masks=freq_masks, freq_width=freq_width),
   )
-  keys = jax.random.split(key, (waveforms.shape[0], num_views))
-  views = jax.vmap(jax.vmap(one, in_axes=(0, None)))(
-      keys, _to_float_audio(waveforms))
+  num_u = 3 + 2 * (time_masks + freq_masks)
+  u = jax.random.uniform(key, (waveforms.shape[0], num_views, num_u))
+  views = jax.vmap(jax.vmap(one, in_axes=(0, None)))(u, _to_float_audio(waveforms))
   return views[..., None]
