@@ -12,6 +12,7 @@ then reads the prepared files without TensorFlow (``load_split``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from projnce_jax.data import sources
@@ -23,6 +24,11 @@ def prepare(name: str, data_dir: str | None = None) -> str:
   data_dir = sources.resolve_data_dir(data_dir)
   if sources.is_offline(name):
     return sources.prepare_offline(name, data_dir)
+  if importlib.util.find_spec("tensorflow") is None:
+    raise ModuleNotFoundError(
+        f"Preparing {name!r} needs TensorFlow (this step only): "
+        "pip install '.[tf]'"
+    )
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")

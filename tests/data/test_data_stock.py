@@ -85,3 +85,15 @@ def test_fit_length_and_resize():
   assert sources.resize_center_crop(image, (32, 32)).shape == (32, 32, 3)
   gray = np.zeros((20, 10, 1), np.uint8)
   assert sources.resize_center_crop(gray, (8, 8)).shape == (8, 8, 1)
+
+
+def test_prepare_command_offline_and_missing_tensorflow(tmp_path, capsys):
+  from projnce_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
+  assert prepare.main(["--dataset=digits", f"--data_dir={tmp_path}"]) == 0
+  assert "digits train: 1438 examples" in capsys.readouterr().out
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    with pytest.raises(ModuleNotFoundError, match=r"pip install '\.\[tf\]'"):
+      prepare.prepare("cifar10", str(tmp_path))

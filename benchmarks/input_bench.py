@@ -1,0 +1,137 @@
+"""Input-pipeline throughput: grain loader, on-device augmentation, both.
+
+Settings:
+  demo:  mnist5k train split (28x28x1), global batch 256, 2 views.
+  cifar: in-memory random uint8 source (32x32x3, 50,000 examples), batch 512,
+         2 views (CIFAR-like; no download needed).
+
+For each setting it times, in examples/s (examples, not views):
+  loader:   host batches from ``make_loader`` (grain, 2 reader threads);
+  augment:  jitted ``augment_images`` on a batch already on the device;
+  pipeline: loader -> device_put -> augment, blocked on the result.
+
+Usage::
+
+  python benchmarks/input_bench.py                   # both settings
+  python benchmarks/input_bench.py --steps=50 --settings=demo
+
+Prints a markdown table and appends it, with the command and the machine, to
+benchmarks/INPUT_RESULTS.md (unless --no_write). Compare "pipeline" with the
+train step's examples/s: the input is not the bottleneck while it is higher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import os
+import platform
+import shlex
+import sys
+import time
+
+import jax
+import numpy as np
+
+from projnce_jax import data
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "INPUT_RESULTS.md")
+SETTINGS = {
+    "demo": dict(batch_size=256, num_views=2),
+    "cifar": dict(batch_size=512, num_views=2),
+}
+
+
+def _source(setting: str, data_dir: str | None):
+  if setting == "demo":
+    return data.load_split("mnist5k", "train", data_dir=data_dir)
+  rng = np.random.default_rng(0)
+  n = 50000
+  return data.ArraySource({
+      "image": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+      "label": rng.integers(0, 10, n),
+  })
+
+
+def _rate(fn, steps: int, batch_size: int, warmup: int = 2) -> float:
+  for _ in range(warmup):
+    fn()
+  start = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  return steps * batch_size / (time.perf_counter() - start)
+
+
+def bench(setting: str, steps: int, data_dir: str | None) -> dict[str, float]:
+  """Returns examples/s of loader, augment and pipeline for one setting."""
+  cfg = SETTINGS[setting]
+  bs, views = cfg["batch_size"], cfg["num_views"]
+  src = _source(setting, data_dir)
+  augment = jax.jit(functools.partial(data.augment_images, num_views=views))
+  key = jax.random.key(0)
+
+  it = data.make_loader(src, batch_size=bs, seed=0)
+  loader = _rate(lambda: next(it), steps, bs)
+
+  images = jax.device_put(next(it)["image"])
+  counter = iter(range(10**9))
+  aug = _rate(
+      lambda: augment(jax.random.fold_in(key, next(counter)), images)
+      .block_until_ready(), steps, bs)
+
+  it = data.make_loader(src, batch_size=bs, seed=1)
+
+  def step():
+    batch = next(it)
+    out = augment(jax.random.fold_in(key, next(counter)),
+                  jax.device_put(batch["image"]))
+    out.block_until_ready()
+
+  pipe = _rate(step, steps, bs)
+  return {"loader": loader, "augment": aug, "pipeline": pipe}
+
+
+def machine() -> str:
+  dev = jax.devices()[0]
+  return (f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+          f"on {dev.platform} ({dev.device_kind}) x{jax.device_count()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description="Input pipeline throughput.")
+  parser.add_argument("--settings", default="demo,cifar")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--no_write", action="store_true")
+  args = parser.parse_args(argv)
+
+  header = ("| setting | image | batch | views | loader ex/s | augment ex/s | "
+            "pipeline ex/s |\n|---|---|---|---|---:|---:|---:|")
+  rows = []
+  for setting in args.settings.split(","):
+    r = bench(setting, args.steps, args.data_dir)
+    shape = "28x28x1 (mnist5k)" if setting == "demo" else "32x32x3 (random)"
+    cfg = SETTINGS[setting]
+    rows.append(f"| {setting} | {shape} | {cfg['batch_size']} | {cfg['num_views']} "
+                f"| {r['loader']:,.0f} | {r['augment']:,.0f} | {r['pipeline']:,.0f} |")
+    print(rows[-1], flush=True)
+  table = "\n".join([header, *rows])
+  command = "python " + " ".join(shlex.quote(a) for a in
+                                 ["benchmarks/input_bench.py", *sys.argv[1:]])
+  report = (f"\n## {datetime.date.today().isoformat()}\n\n"
+            f"Command: `{command}`  \nMachine: {machine()}, "
+            f"`uname -m` = {platform.machine()}, steps = {args.steps}\n\n{table}\n")
+  print(report)
+  if not args.no_write:
+    new = not os.path.exists(RESULTS)
+    with open(RESULTS, "a") as f:
+      if new:
+        f.write("# Input pipeline throughput\n\nExamples/s (not views) of "
+                "`benchmarks/input_bench.py`; see its docstring.\n")
+      f.write(report)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
