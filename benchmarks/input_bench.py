@@ -1,7 +1,8 @@
 """Input-pipeline throughput: grain loader, on-device augmentation, both.
 
 Settings:
-  demo:  mnist5k train split (28x28x1), global batch 256, 2 views.
+  demo:  mnist5k train split (28x28x1) read from array_record, global batch
+         256, 2 views; demo_mem: the same split read into memory first.
   cifar: in-memory random uint8 source (32x32x3, 50,000 examples), batch 512,
          2 views (CIFAR-like; no download needed).
 
@@ -39,13 +40,15 @@ from projnce_jax import data
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "INPUT_RESULTS.md")
 SETTINGS = {
     "demo": dict(batch_size=256, num_views=2),
+    "demo_mem": dict(batch_size=256, num_views=2),
     "cifar": dict(batch_size=512, num_views=2),
 }
 
 
 def _source(setting: str, data_dir: str | None):
-  if setting == "demo":
-    return data.load_split("mnist5k", "train", data_dir=data_dir)
+  if setting in ("demo", "demo_mem"):
+    return data.load_split("mnist5k", "train", data_dir=data_dir,
+                           in_memory=setting == "demo_mem")
   rng = np.random.default_rng(0)
   n = 50000
   return data.ArraySource({
@@ -94,13 +97,15 @@ def bench(setting: str, steps: int, data_dir: str | None) -> dict[str, float]:
 
 def machine() -> str:
   dev = jax.devices()[0]
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   return (f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
-          f"on {dev.platform} ({dev.device_kind}) x{jax.device_count()}")
+          f"on {dev.platform} ({dev.device_kind}) x{jax.device_count()}, "
+          f"load average {load:.1f} at the start")
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description="Input pipeline throughput.")
-  parser.add_argument("--settings", default="demo,cifar")
+  parser.add_argument("--settings", default="demo,demo_mem,cifar")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--no_write", action="store_true")
@@ -109,9 +114,12 @@ def main(argv: list[str] | None = None) -> int:
   header = ("| setting | image | batch | views | loader ex/s | augment ex/s | "
             "pipeline ex/s |\n|---|---|---|---|---:|---:|---:|")
   rows = []
+  host = machine()
   for setting in args.settings.split(","):
     r = bench(setting, args.steps, args.data_dir)
-    shape = "28x28x1 (mnist5k)" if setting == "demo" else "32x32x3 (random)"
+    shape = {"demo": "28x28x1 (mnist5k, array_record)",
+             "demo_mem": "28x28x1 (mnist5k, in memory)"}.get(
+                 setting, "32x32x3 (random, in memory)")
     cfg = SETTINGS[setting]
     rows.append(f"| {setting} | {shape} | {cfg['batch_size']} | {cfg['num_views']} "
                 f"| {r['loader']:,.0f} | {r['augment']:,.0f} | {r['pipeline']:,.0f} |")
@@ -120,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
   command = "python " + " ".join(shlex.quote(a) for a in
                                  ["benchmarks/input_bench.py", *sys.argv[1:]])
   report = (f"\n## {datetime.date.today().isoformat()}\n\n"
-            f"Command: `{command}`  \nMachine: {machine()}, "
+            f"Command: `{command}`  \nMachine: {host}, "
             f"`uname -m` = {platform.machine()}, steps = {args.steps}\n\n{table}\n")
   print(report)
   if not args.no_write:

@@ -104,3 +104,12 @@ def test_get_info_table():
 def test_stratified_split_rejects_bad_fraction():
   with pytest.raises(ValueError, match="1.5"):
     builders.stratified_split(np.zeros(4, int), 1.5)
+
+
+def test_in_memory_source_matches_records(digits_dir):
+  records = sources.load_split("digits", "test", data_dir=digits_dir)
+  memory = sources.load_split("digits", "test", data_dir=digits_dir, in_memory=True)
+  assert len(memory) == len(records)
+  for i in (0, 17, len(records) - 1):
+    np.testing.assert_array_equal(memory[i]["image"], records[i]["image"])
+    assert memory[i]["label"] == records[i]["label"]
