@@ -7,6 +7,7 @@ Pure functions (no jit, no config objects). See `projnce` for the definitions.
 """
 
 from projnce_jax.losses._common import normalize
+from projnce_jax.losses.checks import checked
 from projnce_jax.losses.cross_entropy import cross_entropy
 from projnce_jax.losses.projections import CLASS_TABLE
 from projnce_jax.losses.projections import ClassEmbeddingMLP
@@ -25,6 +26,6 @@ from projnce_jax.losses.sample import auto_block_size
 
 __all__ = [
     "AUX_KEYS", "CLASS_TABLE", "ClassEmbeddingMLP", "DATA_DEPENDENT", "IMPLS", "NEGATIVES",
-    "PROJECTIONS", "auto_block_size", "cross_entropy", "infonce", "init_mlp_params",
+    "PROJECTIONS", "auto_block_size", "checked", "cross_entropy", "infonce", "init_mlp_params",
     "mlp_table", "normalize", "orthogonal_table", "projnce", "supcon",
 ]

@@ -4,6 +4,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from projnce_jax.losses._common import compute_dtype
@@ -37,7 +38,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Ar
     raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
   num_classes = logits.shape[1]
   if not isinstance(labels, jax.core.Tracer) and labels.size:
-    lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
+    values = np.asarray(labels)
+    lo, hi = int(values.min()), int(values.max())
     if lo < 0 or hi >= num_classes:
       raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}].")
   logits = logits.astype(compute_dtype(logits.dtype))

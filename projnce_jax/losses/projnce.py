@@ -98,7 +98,8 @@ def _validate(z, labels, *, temperature, positive, negative, num_classes, params
   if "mlp" in (positive, negative) and params is None:
     raise ValueError("The 'mlp' projection needs params= (see init_mlp_params).")
   if num_classes is not None and _is_concrete(labels) and labels.size:
-    lo, hi = int(np.min(labels)), int(np.max(labels))
+    values = np.asarray(labels)
+    lo, hi = int(values.min()), int(values.max())
     if lo < 0 or hi >= num_classes:
       raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got values in "
                        f"[{lo}, {hi}].")
