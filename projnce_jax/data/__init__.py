@@ -29,6 +29,7 @@ from projnce_jax.data.sources import list_datasets
 from projnce_jax.data.sources import load_split
 from projnce_jax.data.sources import resolve_data_dir
 from projnce_jax.data.sources import source_labels
+from projnce_jax.data.sources import to_memory
 
 __all__ = [
     "ArraySource",
@@ -50,4 +51,5 @@ __all__ = [
     "resolve_data_dir",
     "sample_crop_params",
     "source_labels",
+    "to_memory",
 ]
