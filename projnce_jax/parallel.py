@@ -421,9 +421,14 @@ def sharded_step(step_fn: StepFn, mesh: Mesh, *, state_sharding: Any = None,
     donate_state: donate the input state buffers (the caller must not reuse them).
 
   Returns:
-    `step(state, batch, rng) -> (state, metrics)`, a `jax.jit` function with
-    NamedShardings on inputs and outputs. `batch` leaves are `[N, ...]` global arrays
-    (`shard_batch`) or host arrays, N divisible by the mesh size.
+    `step(state, batch, rng) -> (state, metrics)`: checks that every batch leaf is
+    `[N, ...]` with N divisible by the mesh size (global arrays from `shard_batch`, or
+    host arrays on a single process) and calls the `jax.jit` function (NamedShardings
+    on inputs and outputs, donated state), also available as `step.jitted`.
+
+  Raises:
+    ValueError: (when called) a batch leaf without a leading dimension divisible by
+      the number of devices.
 
   Example::
 
@@ -441,9 +446,23 @@ def sharded_step(step_fn: StepFn, mesh: Mesh, *, state_sharding: Any = None,
   batch_spec = P(batch_axis)
   mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=(state_specs, batch_spec, P()),
                          out_specs=(state_specs, P()), check_vma=True)
-  return jax.jit(
+  jitted = jax.jit(
       mapped,
       in_shardings=(_named(mesh, state_specs), NamedSharding(mesh, batch_spec),
                     replicated_sharding(mesh)),
       out_shardings=(_named(mesh, state_specs), replicated_sharding(mesh)),
       donate_argnums=(0,) if donate_state else ())
+  num_devices = mesh.shape[batch_axis]
+
+  def step(state, batch, rng):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
+      shape = np.shape(leaf)
+      if not shape or shape[0] % num_devices:
+        raise ValueError(
+            f"batch leaf {jax.tree_util.keystr(path) or 'batch'} has shape {shape}: its "
+            f"leading (batch) dimension must be divisible by the {num_devices} devices "
+            f"of mesh axis {batch_axis!r}.")
+    return jitted(state, batch, rng)
+
+  step.jitted = jitted          # for .lower(...) / AOT compilation
+  return step

@@ -318,6 +318,15 @@ def test_sharded_step_donates_state():
   assert not new_state[0]["w"].is_deleted()
 
 
+def test_sharded_step_batch_size_error():
+  mesh = parallel.make_mesh()
+  step = parallel.sharded_step(_linear_step(optax.sgd(0.1)), mesh)
+  params = {"w": jnp.ones((3, 1)), "b": jnp.zeros((1,))}
+  batch = {"x": np.ones((12, 3), np.float32), "y": np.ones((12, 1), np.float32)}
+  with pytest.raises(ValueError, match=r"\['x'\].*\(12, 3\).*8 devices"):
+    step((params, optax.sgd(0.1).init(params)), batch, jax.random.key(0))
+
+
 def test_sharded_step_rejects_unreduced_state():
   mesh = parallel.make_mesh()
 
