@@ -1,0 +1,91 @@
+"""The base experiment config; every file in configs/ starts from `base_config()`.
+
+Fields (all locked: a typo in an override is an error):
+
+  method            "projnce" | "supcon" | "infonce" | "cross_entropy"
+  loss.*            temperature, positive, negative, beta, impl, block_size,
+                    log_ratio_clip, bandwidth, mlp_hidden (ProjNCE/SupCon/InfoNCE)
+  dataset.*         name, data_dir, num_views, label_noise, label_noise_kind, augment
+  model.*           name, widths, width, proj_dim, proj_hidden_dim, dtype
+  optimizer.*       name (sgd|lars|adamw), base_lr (per 256 examples), momentum,
+                    nesterov, weight_decay, warmup_epochs, grad_clip_norm
+  batch_size, num_epochs, num_steps (overrides num_epochs when set)
+  online_probe.lr   Adam learning rate of the online linear probe
+  linear_probe.*    epochs, batch_size, lr, weight_decay (frozen-feature evaluation)
+  knn.*             k, temperature
+  eval_batch_size, log_every, checkpoint_every, keep_checkpoints, async_checkpoints,
+  num_devices (None: all), seed, progress, report.tsne, report.tsne_points
+  runs              () or a tuple of {"name": ..., <overrides>} dicts: one invocation
+                    trains each run in WORKDIR/<name> and writes a comparison table.
+"""
+import copy
+from typing import Any, Mapping
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by all experiments (unlocked; the caller locks)."""
+  c = ml_collections.ConfigDict()
+  c.method = "projnce"
+  c.loss = ml_collections.ConfigDict(dict(
+      temperature=0.1, positive="centroid", negative="sample", beta=1.0, impl="dense",
+      block_size=config_dict.placeholder(int), log_ratio_clip=config_dict.placeholder(float),
+      bandwidth=1.0, mlp_hidden=256))
+  c.dataset = ml_collections.ConfigDict(dict(
+      name="mnist5k", data_dir=config_dict.placeholder(str), num_views=2, label_noise=0.0,
+      label_noise_kind="symmetric", augment=ml_collections.ConfigDict()))
+  c.model = ml_collections.ConfigDict(dict(
+      name="small_cnn", widths=(32, 64, 128), width=config_dict.placeholder(int),
+      proj_dim=128, proj_hidden_dim=config_dict.placeholder(int), dtype="float32"))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd", base_lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
+      warmup_epochs=1.0, grad_clip_norm=config_dict.placeholder(float)))
+  c.batch_size = 256
+  c.num_epochs = 10
+  c.num_steps = config_dict.placeholder(int)
+  c.online_probe = ml_collections.ConfigDict(dict(lr=1e-2))
+  c.linear_probe = ml_collections.ConfigDict(dict(
+      epochs=100, batch_size=256, lr=1e-3, weight_decay=0.0))
+  c.knn = ml_collections.ConfigDict(dict(k=200, temperature=0.07))
+  c.eval_batch_size = 512
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  c.num_devices = config_dict.placeholder(int)
+  c.seed = 0
+  c.progress = True
+  c.report = ml_collections.ConfigDict(dict(tsne=True, tsne_points=1000))
+  c.runs = ()
+  return c
+
+
+def parse_arg(arg: str | None) -> set:
+  """`get_config` argument "a,b" -> {"a", "b"} (empty for None/"")."""
+  return {a.strip() for a in (arg or "").split(",") if a.strip()}
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `config` with nested `overrides` applied (keys must exist).
+
+  Example:
+    >>> run = apply_overrides(config, {"method": "supcon", "loss": {"beta": 0.0}})
+  """
+  out = copy.deepcopy(config)
+  with out.unlocked():
+    out.runs = ()
+
+  def merge(node, upd, prefix):
+    for k, v in upd.items():
+      if k not in node:
+        raise KeyError(f"unknown config field {prefix + k!r}")
+      if isinstance(v, Mapping) and isinstance(node[k], ml_collections.ConfigDict):
+        merge(node[k], v, prefix + k + ".")
+      else:
+        node[k] = v
+
+  merge(out, {k: v for k, v in overrides.items() if k != "name"}, "")
+  return out

@@ -1,0 +1,65 @@
+"""TrainState: encoder/head params, BatchNorm statistics, loss and probe params, RNG."""
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import optax
+
+from projnce_jax.models.heads import LinearClassifier
+
+
+class TrainState(train_state.TrainState):
+  """Everything a training step reads and writes.
+
+  Attributes (beyond flax's step, params, opt_state, tx, apply_fn):
+    params: {"model": encoder + head (+ classifier), "probe": online linear probe,
+      and "projection": learnable class-embedding MLP when the loss uses one}.
+    batch_stats: BatchNorm running statistics of the model.
+    rng: base PRNG key; step t uses fold_in(rng, t), so resuming reproduces the stream.
+  """
+  batch_stats: Any = None
+  rng: Optional[jax.Array] = None
+
+
+def param_labels(params: dict) -> dict:
+  """Optimiser routing: the online probe gets its own optimiser, everything else the main one."""
+  return {k: jax.tree.map(lambda _: "probe" if k == "probe" else "main", v)
+          for k, v in params.items()}
+
+
+def make_tx(main_tx: optax.GradientTransformation,
+            probe_tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Main optimiser for {"model", "projection"}, probe optimiser for {"probe"}."""
+  return optax.multi_transform({"main": main_tx, "probe": probe_tx}, param_labels)
+
+
+def create_train_state(key: jax.Array, model: nn.Module, sample_input: jax.Array, *,
+                       num_classes: int, tx: optax.GradientTransformation,
+                       projection_init: Optional[Callable[[jax.Array], Any]] = None
+                       ) -> TrainState:
+  """Initialises all parameters.
+
+  Args:
+    key: PRNG key; split into model, probe, projection and the training stream.
+    model: a ContrastiveModel.
+    sample_input: [b, ...] input of the right shape (values unused).
+    num_classes: classes of the online probe.
+    tx: optimiser over the params dict (see `make_tx`).
+    projection_init: key -> params of the class-embedding MLP, or None.
+
+  Returns:
+    The state at step 0.
+  """
+  k_model, k_probe, k_proj, k_train = jax.random.split(key, 4)
+  variables = model.init(k_model, sample_input, train=False)
+  feat = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
+                        sample_input)["features"]
+  probe = LinearClassifier(num_classes)
+  params = {"model": variables["params"],
+            "probe": probe.init(k_probe, jnp.zeros(feat.shape, jnp.float32))["params"]}
+  if projection_init is not None:
+    params["projection"] = projection_init(k_proj)
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                           batch_stats=variables.get("batch_stats", {}), rng=k_train)

@@ -1,0 +1,370 @@
+"""The pipeline behind `main.py`: pretrain -> evaluate (linear probe, kNN) -> report.
+
+`run(config, workdir)` trains one method, or, when `config.runs` lists several, each in
+WORKDIR/<name> followed by a comparison table. Rerunning the same command on the same
+workdir resumes from the newest checkpoint (state, data-iterator position, RNG) and
+reaches the same final metrics as an uninterrupted run.
+"""
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from projnce_jax import data as pjd
+from projnce_jax import losses
+from projnce_jax import parallel
+from projnce_jax import report as report_lib
+from projnce_jax.models import create_model
+from projnce_jax.train import evaluate as eval_lib
+from projnce_jax.train.checkpoint import Checkpointer
+from projnce_jax.train.config import apply_overrides
+from projnce_jax.train.inputs import make_eval_inputs
+from projnce_jax.train.inputs import make_train_inputs
+from projnce_jax.train.optim import make_optimizer
+from projnce_jax.train.optim import warmup_cosine
+from projnce_jax.train.state import create_train_state
+from projnce_jax.train.state import make_tx
+from projnce_jax.train.step import make_train_step
+from projnce_jax.train.writers import MetricWriter
+from projnce_jax.train.writers import read_metrics
+
+Hook = Callable[[int, Any, Dict[str, Any]], None]
+AXIS = "data"
+
+
+def _is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` as indented JSON (atomically: temp file + rename)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=False)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def uses_mlp_projection(config: ml_collections.ConfigDict) -> bool:
+  return config.method == "projnce" and "mlp" in (config.loss.positive, config.loss.negative)
+
+
+class Experiment:
+  """Everything built from a config before training: data, model, optimiser, step.
+
+  Attributes:
+    config: the (single-run) config.
+    info: DatasetInfo.
+    mesh: the data mesh, or None on one device.
+    model: ContrastiveModel (BatchNorm over the "data" axis when mesh is set).
+    schedule: learning-rate schedule of the main optimiser.
+    total_steps, steps_per_epoch: training length.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.info = pjd.get_info(config.dataset.name)
+    self.num_classes = self.info.num_classes
+    self.sample_rate = self.info.sample_rate or 16000
+    self.train_source = pjd.load_split(config.dataset.name, "train",
+                                       data_dir=config.dataset.data_dir)
+    self.test_source = pjd.load_split(config.dataset.name, "test",
+                                      data_dir=config.dataset.data_dir)
+    self.num_train = len(self.train_source)
+    num_devices = config.num_devices or jax.device_count()
+    self.mesh = parallel.make_mesh(num_devices, AXIS) if num_devices > 1 else None
+    self.num_devices = num_devices
+    if config.batch_size % num_devices:
+      raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+                       f"{num_devices} devices")
+    self.label_fn = None
+    self.clean_fraction = 1.0
+    if config.dataset.label_noise > 0:
+      noisy, is_clean = pjd.apply_label_noise(
+          pjd.source_labels(self.train_source), rate=config.dataset.label_noise,
+          num_classes=self.num_classes, kind=config.dataset.label_noise_kind,
+          seed=config.seed)
+      self.label_fn = pjd.noisy_label_fn(noisy)
+      self.clean_fraction = float(np.mean(is_clean))
+
+    is_ce = config.method == "cross_entropy"
+    self.model = create_model(
+        config.model.name, num_classes=self.num_classes if is_ce else 0,
+        proj_dim=0 if is_ce else config.model.proj_dim,
+        proj_hidden_dim=config.model.proj_hidden_dim, dtype=config.model.dtype,
+        bn_axis_name=AXIS if self.mesh is not None else None,
+        widths=config.model.widths, width=config.model.width)
+
+    self.steps_per_epoch = max(self.num_train // config.batch_size, 1)
+    self.total_steps = int(config.num_steps or
+                           round(config.num_epochs * self.steps_per_epoch))
+    opt = config.optimizer
+    self.peak_lr = opt.base_lr * config.batch_size / 256
+    self.schedule = warmup_cosine(
+        peak_lr=self.peak_lr, total_steps=self.total_steps,
+        warmup_steps=int(opt.warmup_epochs * self.steps_per_epoch))
+    main_tx = make_optimizer(opt.name, self.schedule, weight_decay=opt.weight_decay,
+                             momentum=opt.momentum, nesterov=opt.nesterov,
+                             grad_clip_norm=opt.grad_clip_norm)
+    self.tx = make_tx(main_tx, optax.adam(config.online_probe.lr))
+
+    kind = self.info.kind
+    self.train_inputs = make_train_inputs(
+        kind, num_views=config.dataset.num_views, sample_rate=self.sample_rate,
+        augment_kwargs=config.dataset.augment.to_dict())
+    self.eval_inputs = make_eval_inputs(kind, sample_rate=self.sample_rate)
+    loss_kwargs = {k: v for k, v in config.loss.to_dict().items() if k != "mlp_hidden"}
+    self.step_fn = make_train_step(
+        model=self.model, method=config.method, loss_kwargs=loss_kwargs,
+        num_views=config.dataset.num_views, num_classes=self.num_classes,
+        schedule=self.schedule, train_inputs=self.train_inputs,
+        axis_name=AXIS if self.mesh is not None else None)
+
+  # -- state ------------------------------------------------------------------------------
+
+  def sample_input(self) -> jax.Array:
+    """[1, ...] model input of the right shape."""
+    field = self.info.kind
+    x = np.zeros((1,) + tuple(self.info.shape),
+                 np.uint8 if field == "image" else np.int16)
+    return self.eval_inputs({field: jnp.asarray(x)})
+
+  def init_state(self):
+    projection_init = None
+    if uses_mlp_projection(self.config):
+      projection_init = lambda k: losses.init_mlp_params(
+          k, num_classes=self.num_classes, dim=self.config.model.proj_dim,
+          hidden=self.config.loss.mlp_hidden)
+    state = create_train_state(jax.random.PRNGKey(self.config.seed), self.model,
+                               self.sample_input(), num_classes=self.num_classes,
+                               tx=self.tx, projection_init=projection_init)
+    if self.mesh is not None:
+      state = jax.device_put(state, parallel.replicated_sharding(self.mesh))
+    return state
+
+  # -- data -------------------------------------------------------------------------------
+
+  def train_loader(self):
+    return pjd.make_loader(self.train_source, batch_size=self.config.batch_size,
+                           seed=self.config.seed, shuffle=True, drop_remainder=True,
+                           label_fn=self.label_fn)
+
+  def eval_loader(self, source, label_fn=None):
+    bs = self.config.eval_batch_size
+    bs = max(self.num_devices, bs - bs % self.num_devices)
+    return pjd.make_loader(source, batch_size=bs, seed=0, shuffle=False, num_epochs=1,
+                           drop_remainder=False, label_fn=label_fn)
+
+  def put(self, batch: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
+    """Host batch -> device arrays (sharded over the mesh when there is one)."""
+    if self.mesh is not None:
+      return parallel.shard_batch(batch, self.mesh)
+    return jax.device_put(batch)
+
+  # -- step -------------------------------------------------------------------------------
+
+  def compiled_step(self) -> Callable:
+    """The jitted, state-donating step: (state, device batch) -> (state, metrics)."""
+    if self.mesh is None:
+      return jax.jit(self.step_fn, donate_argnums=0)
+    step_fn = self.step_fn
+    sharded = parallel.sharded_step(lambda s, b, _: step_fn(s, b), self.mesh,
+                                    batch_axis=AXIS, donate_state=True)
+    unused_rng = jax.device_put(jax.random.PRNGKey(0),
+                                parallel.replicated_sharding(self.mesh))
+    return lambda state, batch: sharded(state, batch, unused_rng)
+
+
+def _log_fields(metrics: Dict[str, Any]) -> Dict[str, Any]:
+  return {k: float(v) for k, v in metrics.items()}
+
+
+def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
+          desc: str = "train") -> Dict[str, Any]:
+  """Pretrains (resuming if a checkpoint exists) and returns the final state + stats.
+
+  Args:
+    exp: the experiment.
+    workdir: output folder (checkpoints/, metrics.jsonl, tensorboard/).
+    hooks: called as hook(step, state, record) after every step; `record` holds the
+      logged metrics at log steps, else {}.
+    desc: progress-bar label.
+
+  Returns:
+    {"state": final TrainState, "last_record": last logged metrics,
+     "train_seconds": wall time of this invocation's steps}.
+
+  Raises:
+    FloatingPointError: the loss became NaN/inf (names the step and last checkpoint).
+  """
+  config = exp.config
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+                      async_save=config.async_checkpoints)
+  state = exp.init_state()
+  loader = exp.train_loader()
+  start = ckpt.latest_step()
+  if start is not None:
+    state, data_state = ckpt.restore(start, state)
+    loader.set_state(data_state)
+    logging.info("resumed from %s", ckpt.path(start))
+  start = int(start or 0)
+  writer = MetricWriter(workdir, start_step=start, enabled=_is_main_process())
+  step_fn = exp.compiled_step()
+  bar = tqdm.tqdm(total=exp.total_steps, initial=start, desc=desc, dynamic_ncols=True,
+                  disable=not (config.progress and _is_main_process()))
+  last_record: Dict[str, Any] = {}
+  t_start = time.perf_counter()
+  t_last, step_last = t_start, start
+  try:
+    for step in range(start + 1, exp.total_steps + 1):
+      batch = exp.put(next(loader))
+      state, metrics = step_fn(state, batch)
+      bar.update(1)
+      record: Dict[str, Any] = {}
+      is_last = step == exp.total_steps
+      if step % config.log_every == 0 or is_last or step % config.checkpoint_every == 0:
+        values = _log_fields(jax.device_get(metrics))
+        bad = {k: v for k, v in values.items()
+               if not math.isfinite(v) and k != "learning_rate"}
+        if bad:
+          good = ckpt.latest_step()
+          raise FloatingPointError(
+              f"non-finite metrics {bad} at step {step}; last good checkpoint: "
+              f"{ckpt.path(good) if good is not None else 'none'}")
+        if step % config.log_every == 0 or is_last:
+          now = time.perf_counter()
+          step_time = (now - t_last) / max(step - step_last, 1)
+          t_last, step_last = now, step
+          values.update(
+              epoch=step / exp.steps_per_epoch, step_time_s=step_time,
+              examples_per_sec_per_device=config.batch_size / step_time / exp.num_devices)
+          record = writer.write(step, values)
+          last_record = record
+          bar.set_postfix(loss=f"{values['loss']:.4f}",
+                          probe=f"{values['probe_accuracy']:.3f}")
+      if step % config.checkpoint_every == 0 or is_last:
+        ckpt.save(step, state, loader.get_state())
+      for hook in hooks:
+        hook(step, state, record)
+  finally:
+    bar.close()
+    writer.close()
+    ckpt.close()
+  if not last_record:
+    last_record = next((r for r in reversed(
+        read_metrics(os.path.join(workdir, "metrics.jsonl")))), {})
+  return {"state": state, "last_record": last_record,
+          "train_seconds": time.perf_counter() - t_start}
+
+
+def evaluate(exp: Experiment, state) -> Dict[str, Any]:
+  """Frozen-feature linear probe and kNN on the test split.
+
+  Returns:
+    {"linear_probe_accuracy", "linear_probe_train_accuracy", "linear_probe_curve",
+     "knn_accuracy", "test_features" (dict of arrays for plots)}.
+  """
+  config = exp.config
+  feature_fn = eval_lib.make_feature_fn(exp.model, exp.eval_inputs)
+  params, batch_stats = state.params["model"], state.batch_stats
+  put = exp.put if exp.mesh is not None else None
+  train = eval_lib.extract_features(feature_fn, params, batch_stats,
+                                    exp.eval_loader(exp.train_source, exp.label_fn), put=put)
+  test = eval_lib.extract_features(feature_fn, params, batch_stats,
+                                   exp.eval_loader(exp.test_source), put=put)
+  lp = config.linear_probe
+  probe = eval_lib.linear_probe(
+      train["features"], train["label"], test["features"], test["label"],
+      num_classes=exp.num_classes, epochs=lp.epochs, batch_size=lp.batch_size, lr=lp.lr,
+      weight_decay=lp.weight_decay, seed=config.seed)
+  knn = eval_lib.knn_accuracy(train["features"], train["label"], test["features"],
+                              test["label"], num_classes=exp.num_classes, k=config.knn.k,
+                              temperature=config.knn.temperature)
+  return {"linear_probe_accuracy": probe["test_accuracy"],
+          "linear_probe_train_accuracy": probe["train_accuracy"],
+          "linear_probe_curve": probe["test_accuracy_curve"],
+          "knn_accuracy": knn, "test_features": test}
+
+
+def method_label(config: ml_collections.ConfigDict) -> str:
+  """A readable name of the method, e.g. "projnce (centroid/sample, beta=1)"."""
+  if config.method == "projnce":
+    l = config.loss
+    return f"projnce ({l.positive}/{l.negative}, beta={l.beta:g})"
+  return config.method
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       hooks: Sequence[Hook] = (), name: Optional[str] = None
+                       ) -> Dict[str, Any]:
+  """One method: pretrain, evaluate, write results.json and report.md into `workdir`.
+
+  Returns:
+    The results dict (also written to WORKDIR/results.json).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  if _is_main_process():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2) + "\n")
+  exp = Experiment(config)
+  out = train(exp, workdir, hooks=hooks, desc=name or config.method)
+  ev = evaluate(exp, out["state"])
+  last = out["last_record"]
+  results = {
+      "name": name or config.method,
+      "method": method_label(config),
+      "dataset": config.dataset.name,
+      "model": config.model.name,
+      "label_noise": config.dataset.label_noise,
+      "steps": exp.total_steps,
+      "epochs": exp.total_steps / exp.steps_per_epoch,
+      "batch_size": config.batch_size,
+      "num_devices": exp.num_devices,
+      "linear_probe_accuracy": ev["linear_probe_accuracy"],
+      "knn_accuracy": ev["knn_accuracy"],
+      "online_probe_accuracy": last.get("probe_accuracy"),
+      "final_loss": last.get("loss"),
+      "infonce_term": last.get("infonce_term"),
+      "adjustment": last.get("adjustment"),
+      "mi_lower_bound": last.get("mi_lower_bound"),
+      "examples_per_sec_per_device": last.get("examples_per_sec_per_device"),
+      "train_seconds": out["train_seconds"],
+      "linear_probe_curve": ev["linear_probe_curve"],
+  }
+  if _is_main_process():
+    write_json(os.path.join(workdir, "results.json"), results)
+    report_lib.write_run_report(workdir, results, ev["test_features"], config=config)
+  return results
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence[Hook] = ()
+        ) -> Dict[str, Any]:
+  """Runs `config` (one method, or every entry of `config.runs`) in `workdir`.
+
+  Returns:
+    Single run: its results. Several runs: {"runs": [results...]} (also written to
+    WORKDIR/results.json with a comparison report.md).
+  """
+  if not config.runs:
+    return train_and_evaluate(config, workdir, hooks=hooks)
+  all_results = []
+  for spec in config.runs:
+    name = spec["name"]
+    sub = apply_overrides(config, spec)
+    all_results.append(train_and_evaluate(sub, os.path.join(workdir, name), hooks=hooks,
+                                          name=name))
+  summary = {"dataset": config.dataset.name, "model": config.model.name,
+             "runs": all_results}
+  if _is_main_process():
+    write_json(os.path.join(workdir, "results.json"), summary)
+    report_lib.write_comparison_report(workdir, all_results)
+  return summary
