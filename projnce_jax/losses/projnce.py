@@ -80,7 +80,8 @@ def _validate(z, labels, *, temperature, positive, negative, num_classes, params
   if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
     raise ValueError(f"block_size must be a positive int or None, got {block_size!r}.")
   tables = [p for p in (positive, negative) if not isinstance(p, str)]
-  named_tables = [p for p in (positive, negative) if p in proj_lib.CLASS_TABLE]
+  names = [p for p in (positive, negative) if isinstance(p, str)]
+  named_tables = [p for p in names if p in proj_lib.CLASS_TABLE]
   if (tables or named_tables) and num_classes is None:
     raise ValueError("Class-table projections ('orthogonal', 'mlp', or an array) need "
                      "num_classes.")
@@ -91,11 +92,11 @@ def _validate(z, labels, *, temperature, positive, negative, num_classes, params
     if t.shape != (num_classes, z.shape[1]):
       raise ValueError(f"A projection table must have shape [num_classes, d] = "
                        f"[{num_classes}, {z.shape[1]}], got {tuple(t.shape)}.")
-  if "orthogonal" in (positive, negative) and z.shape[1] < num_classes:
+  if "orthogonal" in names and z.shape[1] < num_classes:
     raise ValueError(
         f"The 'orthogonal' projection needs embedding dim d >= num_classes, got "
         f"d={z.shape[1]} < num_classes={num_classes}.")
-  if "mlp" in (positive, negative) and params is None:
+  if "mlp" in names and params is None:
     raise ValueError("The 'mlp' projection needs params= (see init_mlp_params).")
   if num_classes is not None and _is_concrete(labels) and labels.size:
     values = np.asarray(labels)

@@ -178,7 +178,7 @@ def test_mi_lower_bound_holds_and_beta0_violates():
       assert est < mi, (positive, negative, tau, est, mi)
   # A scaled-up g+ (the true class directions times 10): without the adjustment the
   # "estimate" log(N-1) - infonce_term exceeds I(X;C) (and log M); with it, it is a bound.
-  table = jnp.asarray(10.0 * means / np.linalg.norm(means, axis=1, keepdims=True))
+  table = 10.0 * means / np.linalg.norm(means, axis=1, keepdims=True)  # a NumPy table
   no_adj, full = [], []
   for x, y in data:
     _, aux = pj.losses.projnce(jnp.asarray(x), jnp.asarray(y), positive=table,
