@@ -322,10 +322,11 @@ def pmap_loss(loss_fn: Callable[..., tuple[jax.Array, dict]],
   cotangent by that factor (measured by `_psum_transpose_factor`, 1 where psum's
   transpose does not sum) on the loss and aux values: the forward values are unchanged
   bit for bit, and the per-device gradient w.r.t. the local rows equals
-  `sharded_loss`'s. As with shard_map, parameter gradients must then be *summed* over
-  devices (`psum`), not averaged. Differentiate inside pmap (`f.per_device`), not
-  through the pmapped function from outside: from outside the D replicas are separate
-  outputs and their cotangents add.
+  `sharded_loss`'s. Gradients w.r.t. per-device parameter copies are then each device's
+  contribution to the full gradient: combine them with `psum`, not `pmean` (under
+  shard_map with replicated parameters this sum is automatic, see `sharded_step`).
+  Differentiate inside pmap (`f.per_device`), not through the pmapped function from
+  outside: from outside the D replicas are separate outputs and their cotangents add.
 
   Args:
     loss_fn: a kernel with the `pj.losses` signature.

@@ -187,6 +187,24 @@ def test_pmap_loss_value_and_gradient_match_shard_map(x64, name, fn, kwargs):
   np.testing.assert_allclose(raw.reshape(z.shape), D * grad_ref, rtol=1e-10, atol=1e-12)
 
 
+def test_pmap_loss_parameter_gradients_psum_to_full_gradient(x64):
+  """A linear encoder under pmap: psum of per-device parameter gradients == 1 device."""
+  x, labels = _batch(n=32, d=6, num_classes=4, seed=5)
+  w = np.random.RandomState(6).randn(6, 4)
+  fn = multihost_worker.psum_supcon
+  ref = jax.grad(lambda w: fn(x @ w, labels, temperature=0.1)[0])(w)
+  f = parallel.pmap_loss(fn, "data", temperature=0.1)
+
+  def per_device(w, x, y):
+    g = jax.grad(lambda w: f.per_device(x @ w, y)[0])(w)
+    return jax.lax.psum(g, "data")
+
+  grads = jax.pmap(per_device, axis_name="data", in_axes=(None, 0, 0))(
+      w, x.reshape(D, -1, 6), labels.reshape(D, -1))
+  np.testing.assert_allclose(grads, np.broadcast_to(ref, (D,) + ref.shape),
+                             rtol=1e-10, atol=1e-12)
+
+
 def test_pmap_loss_shape_error():
   f = parallel.pmap_loss(multihost_worker.psum_supcon, "data", temperature=0.1)
   z, labels = _batch()
