@@ -1,0 +1,53 @@
+"""Executes notebooks/projnce_demo.ipynb in its small setting and checks its outputs."""
+import os
+
+import nbformat
+import pytest
+
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(ROOT, "notebooks", "projnce_demo.ipynb")
+
+
+def _text(cell) -> str:
+  parts = []
+  for out in cell.get("outputs", []):
+    if out.get("output_type") == "stream":
+      parts.append(out.get("text", ""))
+    elif "data" in out:
+      parts.append(out["data"].get("text/plain", ""))
+  return "".join(parts)
+
+
+def test_notebook_runs_in_small_setting(tmp_path, monkeypatch):
+  # The kernel inherits this environment: the small setting, one CPU device (the test
+  # suite's conftest asks XLA for 8 fake devices).
+  monkeypatch.setenv("PROJNCE_NOTEBOOK_SMALL", "1")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  monkeypatch.setenv("XLA_FLAGS", " ".join(flags))
+  monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws PNGs
+
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
+                                   resources={"metadata": {"path": str(tmp_path)}})
+  try:
+    client.execute()  # raises CellExecutionError on any failing cell
+  finally:
+    nbformat.write(nb, str(tmp_path / "executed.ipynb"))  # for inspection after a failure
+
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  assert "except ImportError" in code[0].source and "<org>" in code[0].source
+  text = "\n".join(_text(c) for c in code)
+  assert "SMALL = True" in text
+  for name in ("projnce (centroid/sample)", "supcon", "infonce (2 views)", "mi_lower_bound",
+               "adjustment", "infonce_term"):
+    assert name in text, name
+  assert "true I(X;C)" in text and "ProjNCE mi_lower_bound" in text
+  assert "linear_probe_accuracy" in text and "knn_accuracy" in text
+  assert "t-SNE points: 300" in text
+  images = [o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+  assert images, "the t-SNE cell draws a figure"
