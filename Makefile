@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= 2
 
 help:
 	@echo "make test   - install into .venv (if needed) and run the test suite"
-	@echo "make demo   - ProjNCE vs SupCon vs cross-entropy on MNIST-5k (CPU, ~5 min) -> runs/demo"
+	@echo "make demo   - ProjNCE vs SupCon vs cross-entropy on MNIST-5k (CPU, ~7 min) -> runs/demo"
 	@echo "make bench  - train-step benchmark (ProjNCE vs cross-entropy) -> benchmarks/TRAIN_RESULTS.md"
 
 $(BIN)/python:

@@ -71,20 +71,30 @@ def build(method_key, args):
   return jax.jit(step, donate_argnums=0), state, batch
 
 
-def time_method(method_key, args):
-  """Per-step times (s) over `repeats` rounds of `steps` steps after warm-up."""
-  step, state, batch = build(method_key, args)
-  for _ in range(args.warmup):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  rounds = []
-  for _ in range(args.repeats):
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
+def time_methods(keys, args):
+  """Per-step times (s) per method: `repeats` rounds of `steps` steps after warm-up.
+
+  Rounds are interleaved across methods (A B C A B C ...) so that load changes on the
+  machine affect every method alike.
+  """
+  runs = {}
+  for key in keys:
+    step, state, batch = build(key, args)
+    for _ in range(args.warmup):
       state, metrics = step(state, batch)
-    jax.block_until_ready((state, metrics))
-    rounds.append((time.perf_counter() - t0) / args.steps)
-  return rounds
+    jax.block_until_ready(metrics)
+    runs[key] = [step, state, batch]
+  times = {key: [] for key in keys}
+  for _ in range(args.repeats):
+    for key in keys:
+      step, state, batch = runs[key]
+      t0 = time.perf_counter()
+      for _ in range(args.steps):
+        state, metrics = step(state, batch)
+      jax.block_until_ready((state, metrics))
+      times[key].append((time.perf_counter() - t0) / args.steps)
+      runs[key][1] = state
+  return times
 
 
 def machine() -> str:
@@ -110,8 +120,8 @@ def main(argv=None):
   args = p.parse_args(argv)
 
   rows = []
-  for key in args.methods.split(","):
-    times = time_method(key, args)
+  keys = args.methods.split(",")
+  for key, times in time_methods(keys, args).items():
     med = statistics.median(times)
     rows.append((key, med, min(times), max(times)))
     print(f"{key:>14}: median {med * 1e3:8.2f} ms/step", flush=True)
@@ -124,7 +134,8 @@ def main(argv=None):
       f"Command: `{cmd.strip()}`  ",
       f"Machine: {machine()}  ",
       f"Median of {args.repeats} rounds of {args.steps} steps (after {args.warmup} warm-up "
-      "steps); full train step incl. augmentation, probe and optimiser.", "",
+      "steps), rounds interleaved across methods; full train step incl. augmentation, "
+      "probe and optimiser.", "",
       "| method | step (ms, median) | min-max (ms) | examples/s/device | vs cross-entropy |",
       "|---|---|---|---|---|"]
   for key, med, lo, hi in rows:

@@ -2,9 +2,11 @@
 
 Command:   make demo   (= python main.py --config=configs/demo.py --workdir=runs/demo)
 Hardware:  2 CPU cores (no accelerator).
-Time:      about 5 minutes for the three runs (`:runlocal`: under a minute).
-Expected:  linear-probe and kNN test accuracy about 96-98% for each method, within a
-           point or so of each other at this size; see runs/demo/report.md.
+Time:      about 7 minutes for the three runs, evaluation included (`:runlocal`: about a
+           minute).
+Expected:  linear-probe test accuracy about 97% and kNN about 96-97% for each method
+           (measured: ProjNCE 97.1 / 96.0, SupCon 97.4 / 96.9, cross-entropy 97.0 / 96.5),
+           within about a point of each other at this size; see runs/demo/report.md.
 
 Each run uses the same small CNN, augmentations, optimiser and schedule; they differ only
 in the objective. Results: runs/demo/results.json, runs/demo/report.md, runs/demo/<run>/.
@@ -17,9 +19,11 @@ def get_config(arg=None):
   args = parse_arg(arg)
   c = base_config()
   c.dataset.name = "mnist5k"
+  c.dataset.in_memory = True
   c.dataset.augment.crop_scale = (0.4, 1.0)
   c.model.name = "small_cnn"
   c.model.widths = (32, 64, 128)
+  c.model.extra_convs = 1
   c.batch_size = 256
   c.num_epochs = 20
   c.optimizer.base_lr = 0.2

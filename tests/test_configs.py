@@ -55,9 +55,9 @@ def mocked_stock(monkeypatch):
     yield
 
 
-def fake_audio_split(name, split, *, data_dir=None):
+def fake_audio_split(name, split, *, data_dir=None, in_memory=False):
   """Random int16 waveforms with the dataset's shape and classes (32 examples)."""
-  del data_dir
+  del data_dir, in_memory
   info = pjd.get_info(name)
   rng = np.random.default_rng(0 if split == "train" else 1)
   return pjd.ArraySource({
@@ -80,4 +80,9 @@ def test_runlocal_trains_two_steps(name, tmp_path, request, monkeypatch):
   for r in rows:
     assert r["steps"] == 2
     assert 0.0 <= r["linear_probe_accuracy"] <= 1.0
-  assert (tmp_path / "run" / "report.md").exists()
+  report = (tmp_path / "run" / "report.md").read_text()
+  if config.runs:   # several methods in one invocation: a comparison table
+    assert [r["name"] for r in rows] == [spec["name"] for spec in config.runs]
+    for r in rows:
+      assert f"| {r['name']} |" in report
+      assert (tmp_path / "run" / r["name"] / "results.json").exists()

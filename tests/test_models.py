@@ -1,4 +1,6 @@
 """Encoders and heads: shapes, dtypes, parameter counts, BatchNorm across devices."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 from projnce_jax import parallel
 from projnce_jax.models import create_encoder
 from projnce_jax.models import create_model
+from projnce_jax.train.state import jit_once
 from jax.sharding import PartitionSpec as P
 
 
@@ -24,8 +27,9 @@ def test_output_shapes_and_unit_embeddings(name, shape, feat):
   model = create_model(name, num_classes=7, proj_dim=16,
                        width=8 if name.startswith("resnet") else None)
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
-  variables = model.init(jax.random.PRNGKey(1), x, train=False)
-  out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  variables = jit_once(functools.partial(model.init, train=False), jax.random.PRNGKey(1), x)
+  out, updates = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
+      variables, x)
   feat = feat // 8 if name.startswith("resnet") else feat
   assert out["features"].shape == (3, feat)
   assert out["z"].shape == (3, 16) and out["z"].dtype == jnp.float32
@@ -47,9 +51,9 @@ def test_resnet_keeps_resolution_in_stem():
   """No max-pool and a stride-1 stem: a 32x32 input reaches the last stage at 4x4."""
   enc = create_encoder("resnet18", width=4)
   x = jnp.zeros((1, 32, 32, 3))
-  variables = enc.init(jax.random.PRNGKey(0), x, train=False)
-  _, state = enc.apply(variables, x, train=False, capture_intermediates=True,
-                       mutable=["intermediates"])
+  variables = jax.eval_shape(lambda: enc.init(jax.random.PRNGKey(0), x, train=False))
+  _, state = jax.eval_shape(lambda v: enc.apply(v, x, train=False, capture_intermediates=True,
+                                                mutable=["intermediates"]), variables)
   shapes = [v.shape for v in jax.tree.leaves(state["intermediates"])]
   assert (1, 32, 32, 4) in shapes and (1, 4, 4, 32) in shapes
 
@@ -58,12 +62,11 @@ def test_bfloat16_compute_float32_outputs():
   model = create_model("small_cnn", widths=(8, 16), num_classes=3, proj_dim=8,
                        dtype="bfloat16")
   x = jnp.ones((2, 8, 8, 1))
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-  out = model.apply(variables, x, train=False)
+  out, inter = jax.eval_shape(lambda v: model.apply(
+      v, x, train=False, capture_intermediates=True, mutable=["intermediates"]), variables)
   assert out["z"].dtype == jnp.float32 and out["features"].dtype == jnp.float32
-  _, inter = model.apply(variables, x, train=False, capture_intermediates=True,
-                         mutable=["intermediates"])
   enc_out = inter["intermediates"]["encoder"]["__call__"][0]
   assert enc_out.dtype == jnp.bfloat16
 
@@ -80,8 +83,9 @@ def test_batchnorm_statistics_are_global_under_shard_map():
   x = jax.random.normal(jax.random.PRNGKey(0), (16, 8, 8, 1)) * 3.0 + 1.0
   single = create_model("small_cnn", widths=(4, 8), proj_dim=8)
   multi = create_model("small_cnn", widths=(4, 8), proj_dim=8, bn_axis_name="data")
-  variables = single.init(jax.random.PRNGKey(1), x, train=False)
-  ref, ref_upd = single.apply(variables, x, train=True, mutable=["batch_stats"])
+  variables = jit_once(functools.partial(single.init, train=False), jax.random.PRNGKey(1), x)
+  ref, ref_upd = jax.jit(functools.partial(single.apply, train=True, mutable=["batch_stats"]))(
+      variables, x)
 
   mesh = parallel.make_mesh(8)
   fn = jax.shard_map(

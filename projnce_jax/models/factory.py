@@ -34,7 +34,8 @@ def resolve_dtype(dtype: Any) -> Any:
 
 
 def create_encoder(name: str, *, dtype: Any = "float32", bn_axis_name: Optional[str] = None,
-                   widths: Optional[Sequence[int]] = None, width: Optional[int] = None):
+                   widths: Optional[Sequence[int]] = None, width: Optional[int] = None,
+                   extra_convs: int = 0):
   """An encoder module by name.
 
   Args:
@@ -43,6 +44,7 @@ def create_encoder(name: str, *, dtype: Any = "float32", bn_axis_name: Optional[
     bn_axis_name: BatchNorm statistics axis ("data" under shard_map) or None.
     widths: channel list for small_cnn / audio_cnn.
     width: first-stage width for the ResNets (64 by default).
+    extra_convs: stride-1 layers per stage after the first (small_cnn).
 
   Returns:
     A flax module called as encoder(x, train=...) -> [b, f].
@@ -53,15 +55,18 @@ def create_encoder(name: str, *, dtype: Any = "float32", bn_axis_name: Optional[
   if name.startswith("resnet"):
     if width:
       kwargs["width"] = width
-  elif widths:
-    kwargs["widths"] = tuple(widths)
+  else:
+    if widths:
+      kwargs["widths"] = tuple(widths)
+    if name == "small_cnn":
+      kwargs["extra_convs"] = extra_convs
   return ENCODERS[name](**kwargs)
 
 
 def create_model(name: str, *, num_classes: int = 0, proj_dim: int = 128,
                  proj_hidden_dim: Optional[int] = None, dtype: Any = "float32",
                  bn_axis_name: Optional[str] = None, widths: Optional[Sequence[int]] = None,
-                 width: Optional[int] = None) -> ContrastiveModel:
+                 width: Optional[int] = None, extra_convs: int = 0) -> ContrastiveModel:
   """Encoder + projection head (proj_dim > 0) + classifier (num_classes > 0).
 
   Example:
@@ -69,6 +74,6 @@ def create_model(name: str, *, num_classes: int = 0, proj_dim: int = 128,
     >>> out = model.apply(variables, images, train=False)  # out["z"]: [b, 128]
   """
   encoder = create_encoder(name, dtype=dtype, bn_axis_name=bn_axis_name, widths=widths,
-                           width=width)
+                           width=width, extra_convs=extra_convs)
   return ContrastiveModel(encoder=encoder, proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim,
                           num_classes=num_classes, dtype=resolve_dtype(dtype))

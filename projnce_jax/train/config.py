@@ -5,8 +5,10 @@ Fields (all locked: a typo in an override is an error):
   method            "projnce" | "supcon" | "infonce" | "cross_entropy"
   loss.*            temperature, positive, negative, beta, impl, block_size,
                     log_ratio_clip, bandwidth, mlp_hidden (ProjNCE/SupCon/InfoNCE)
-  dataset.*         name, data_dir, num_views, label_noise, label_noise_kind, augment
-  model.*           name, widths, width, proj_dim, proj_hidden_dim, dtype
+  dataset.*         name, data_dir, in_memory (small datasets), num_views, label_noise,
+                    label_noise_kind, augment (keyword arguments of the augmentation)
+  model.*           name, widths, extra_convs (small_cnn), width (ResNets), proj_dim,
+                    proj_hidden_dim, dtype ("float32", "bfloat16", "auto")
   optimizer.*       name (sgd|lars|adamw), base_lr (per 256 examples), momentum,
                     nesterov, weight_decay, warmup_epochs, grad_clip_norm
   batch_size, num_epochs, num_steps (overrides num_epochs when set)
@@ -34,10 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
       block_size=config_dict.placeholder(int), log_ratio_clip=config_dict.placeholder(float),
       bandwidth=1.0, mlp_hidden=256))
   c.dataset = ml_collections.ConfigDict(dict(
-      name="mnist5k", data_dir=config_dict.placeholder(str), num_views=2, label_noise=0.0,
+      name="mnist5k", data_dir=config_dict.placeholder(str), in_memory=False, num_views=2,
+      label_noise=0.0,
       label_noise_kind="symmetric", augment=ml_collections.ConfigDict()))
   c.model = ml_collections.ConfigDict(dict(
-      name="small_cnn", widths=(32, 64, 128), width=config_dict.placeholder(int),
+      name="small_cnn", widths=(32, 64, 128), extra_convs=0,
+      width=config_dict.placeholder(int),
       proj_dim=128, proj_hidden_dim=config_dict.placeholder(int), dtype="float32"))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", base_lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,

@@ -75,10 +75,9 @@ class Experiment:
     self.info = pjd.get_info(config.dataset.name)
     self.num_classes = self.info.num_classes
     self.sample_rate = self.info.sample_rate or 16000
-    self.train_source = pjd.load_split(config.dataset.name, "train",
-                                       data_dir=config.dataset.data_dir)
-    self.test_source = pjd.load_split(config.dataset.name, "test",
-                                      data_dir=config.dataset.data_dir)
+    split_kwargs = dict(data_dir=config.dataset.data_dir, in_memory=config.dataset.in_memory)
+    self.train_source = pjd.load_split(config.dataset.name, "train", **split_kwargs)
+    self.test_source = pjd.load_split(config.dataset.name, "test", **split_kwargs)
     self.num_train = len(self.train_source)
     num_devices = config.num_devices or jax.device_count()
     self.mesh = parallel.make_mesh(num_devices, AXIS) if num_devices > 1 else None
@@ -102,7 +101,8 @@ class Experiment:
         proj_dim=0 if is_ce else config.model.proj_dim,
         proj_hidden_dim=config.model.proj_hidden_dim, dtype=config.model.dtype,
         bn_axis_name=AXIS if self.mesh is not None else None,
-        widths=config.model.widths, width=config.model.width)
+        widths=config.model.widths, width=config.model.width,
+        extra_convs=config.model.extra_convs)
 
     self.steps_per_epoch = max(self.num_train // config.batch_size, 1)
     self.total_steps = int(config.num_steps or
@@ -188,6 +188,22 @@ def _log_fields(metrics: Dict[str, Any]) -> Dict[str, Any]:
   return {k: float(v) for k, v in metrics.items()}
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """True when every floating-point leaf of `tree` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _non_finite_error(what: str, step: int, ckpt: Checkpointer) -> FloatingPointError:
+  ckpt.wait()
+  good = ckpt.latest_step()
+  return FloatingPointError(
+      f"{what} at step {step}; last good checkpoint: "
+      f"{ckpt.path(good) if good is not None else 'none'}")
+
+
 def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
           desc: str = "train") -> Dict[str, Any]:
   """Pretrains (resuming if a checkpoint exists) and returns the final state + stats.
@@ -204,7 +220,9 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
      "train_seconds": wall time of this invocation's steps}.
 
   Raises:
-    FloatingPointError: the loss became NaN/inf (names the step and last checkpoint).
+    FloatingPointError: the logged metrics (checked at log and checkpoint steps) or the
+      parameters (checked before every save) became NaN/inf; names the step and the last
+      good checkpoint, and never saves a non-finite state.
   """
   config = exp.config
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
@@ -229,6 +247,10 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
       batch = exp.put(next(loader))
       state, metrics = step_fn(state, batch)
       bar.update(1)
+      if step == start + 1:   # keep compilation out of the later step-time measurements
+        jax.block_until_ready(metrics)
+        first_step_time = time.perf_counter() - t_last
+        t_last, step_last = time.perf_counter(), step
       record: Dict[str, Any] = {}
       is_last = step == exp.total_steps
       if step % config.log_every == 0 or is_last or step % config.checkpoint_every == 0:
@@ -236,13 +258,13 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
         bad = {k: v for k, v in values.items()
                if not math.isfinite(v) and k != "learning_rate"}
         if bad:
-          good = ckpt.latest_step()
-          raise FloatingPointError(
-              f"non-finite metrics {bad} at step {step}; last good checkpoint: "
-              f"{ckpt.path(good) if good is not None else 'none'}")
+          raise _non_finite_error(f"non-finite metrics {bad}", step, ckpt)
         if step % config.log_every == 0 or is_last:
           now = time.perf_counter()
-          step_time = (now - t_last) / max(step - step_last, 1)
+          if step == step_last:   # the first step: includes compilation
+            step_time = first_step_time
+          else:
+            step_time = (now - t_last) / (step - step_last)
           t_last, step_last = now, step
           values.update(
               epoch=step / exp.steps_per_epoch, step_time_s=step_time,
@@ -252,6 +274,8 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
           bar.set_postfix(loss=f"{values['loss']:.4f}",
                           probe=f"{values['probe_accuracy']:.3f}")
       if step % config.checkpoint_every == 0 or is_last:
+        if not bool(_all_finite((state.params, state.batch_stats))):
+          raise _non_finite_error("non-finite parameters", step, ckpt)
         ckpt.save(step, state, loader.get_state())
       for hook in hooks:
         hook(step, state, record)

@@ -21,6 +21,7 @@ def tiny_digits_config(data_dir, **overrides):
   c = base_config()
   c.dataset.name = "digits"
   c.dataset.data_dir = data_dir
+  c.dataset.in_memory = True
   c.dataset.augment.crop_scale = (0.5, 1.0)
   c.model.widths = (16, 32)
   c.model.proj_dim = 32

@@ -50,10 +50,8 @@ CASES = [
     ("projnce", {"temperature": 0.1, "positive": "centroid", "negative": "sample",
                  "beta": 1.0}),
     ("projnce", {"temperature": 0.1, "positive": "mlp", "negative": "sample", "beta": 1.0}),
-    ("projnce", {"temperature": 0.1, "positive": "median", "negative": "orthogonal",
-                 "beta": 0.5}),
-    ("projnce", {"temperature": 0.1, "positive": "kernel", "negative": "sample",
-                 "beta": 1.0, "impl": "blockwise", "block_size": 16}),
+    ("projnce", {"temperature": 0.1, "positive": "kernel", "negative": "orthogonal",
+                 "beta": 0.5, "impl": "blockwise", "block_size": 16}),
     ("supcon", {"temperature": 0.1}),
     ("infonce", {"temperature": 0.5}),
     ("cross_entropy", {}),
@@ -85,7 +83,7 @@ def test_real_train_step_for_every_loss(method, loss_kwargs):
   assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
 
 
-@pytest.mark.parametrize("method", ["projnce", "cross_entropy"])
+@pytest.mark.parametrize("method", ["projnce"])
 def test_sharded_step_equals_single_device(method):
   assert jax.device_count() == 8
   batch = _batch(32)

@@ -6,8 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from projnce_jax.train import run
+from projnce_jax.train import apply_overrides
+from projnce_jax.train import trainer
 from projnce_jax.train import train_and_evaluate
+from projnce_jax.train.trainer import method_label
 from projnce_jax.train.writers import read_metrics
 
 LOGGED = ("loss", "infonce_term", "adjustment", "mi_lower_bound", "learning_rate",
@@ -27,17 +29,14 @@ def test_digits_loss_falls_and_probe_beats_chance(tiny_config, tmp_path):
   assert results["linear_probe_accuracy"] > 0.6
   assert results["knn_accuracy"] > 0.6
 
-
-def test_outputs_and_logged_metrics(tiny_config, tmp_path):
-  results = train_and_evaluate(tiny_config(num_steps=4, log_every=2), str(tmp_path))
-  records = read_metrics(str(tmp_path / "metrics.jsonl"))
-  assert [r["step"] for r in records] == [2, 4]
+  # Outputs of the run.
+  assert [r["step"] for r in records] == list(range(10, 151, 10))
   for key in LOGGED:
     assert all(np.isfinite(r[key]) for r in records), key
   for name in ("config.json", "results.json", "report.md", "curves.png"):
     assert (tmp_path / name).exists(), name
   assert os.listdir(tmp_path / "tensorboard")
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["150"]
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["linear_probe_accuracy"] == results["linear_probe_accuracy"]
   assert "| linear probe (%) |" in (tmp_path / "report.md").read_text()
@@ -55,9 +54,8 @@ def _interrupt_after(k):
   return hook
 
 
-@pytest.mark.parametrize("method", ["projnce", "cross_entropy"])
-def test_interrupted_run_resumes_to_identical_results(tiny_config, tmp_path, method):
-  config = tiny_config(method=method, num_steps=12, checkpoint_every=5, log_every=1)
+def test_interrupted_run_resumes_to_identical_results(tiny_config, tmp_path):
+  config = tiny_config(num_steps=12, checkpoint_every=5, log_every=1)
   ref = train_and_evaluate(config, str(tmp_path / "ref"))
 
   workdir = str(tmp_path / "run")
@@ -86,22 +84,44 @@ def test_data_parallel_run_on_eight_devices(tiny_config, tmp_path):
   assert np.isfinite(results["final_loss"]) and results["knn_accuracy"] > 0
 
 
-def test_several_runs_write_a_comparison(tiny_config, tmp_path):
-  config = tiny_config(num_steps=2, log_every=1)
-  with config.unlocked():
-    config.runs = ({"name": "pj", "method": "projnce", "loss": {"beta": 0.5}},
-                   {"name": "ce", "method": "cross_entropy"})
-  summary = run(config, str(tmp_path))
-  assert [r["name"] for r in summary["runs"]] == ["pj", "ce"]
-  assert summary["runs"][0]["method"] == "projnce (centroid/sample, beta=0.5)"
-  text = (tmp_path / "report.md").read_text()
-  assert "| pj |" in text and "| ce |" in text
-  assert json.loads((tmp_path / "results.json").read_text())["runs"][1]["name"] == "ce"
-  assert (tmp_path / "pj" / "results.json").exists()
+def test_run_overrides_and_method_labels(tiny_config):
+  config = tiny_config()
+  sub = apply_overrides(config, {"name": "pj", "method": "projnce", "loss": {"beta": 0.5}})
+  assert sub.loss.beta == 0.5 and config.loss.beta == 1.0 and sub.runs == ()
+  assert method_label(sub) == "projnce (centroid/sample, beta=0.5)"
+  assert method_label(apply_overrides(config, {"method": "supcon"})) == "supcon"
+  with pytest.raises(KeyError, match="loss.betta"):
+    apply_overrides(config, {"loss": {"betta": 0.5}})
 
 
-def test_non_finite_loss_stops_with_step_and_checkpoint(tiny_config, tmp_path):
-  config = tiny_config(num_steps=6, log_every=1, checkpoint_every=1,
-                       optimizer={"base_lr": float("inf"), "warmup_epochs": 0.0})
-  with pytest.raises(FloatingPointError, match=r"at step 2; last good checkpoint: .*1"):
+def _poison_at(monkeypatch, step_to_poison, *, metrics_too):
+  """Makes the compiled step return NaN parameters (and loss) from a given step on."""
+  original = trainer.Experiment.compiled_step
+
+  def compiled_step(self):
+    step_fn = original(self)
+
+    def poisoned(state, batch):
+      state, metrics = step_fn(state, batch)
+      if int(state.step) >= step_to_poison:
+        state = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
+        if metrics_too:
+          metrics = dict(metrics, loss=metrics["loss"] * np.nan)
+      return state, metrics
+    return poisoned
+
+  monkeypatch.setattr(trainer.Experiment, "compiled_step", compiled_step)
+
+
+@pytest.mark.parametrize("step,metrics_too,what", [(3, True, "non-finite metrics"),
+                                                   (4, False, "non-finite parameters")])
+def test_non_finite_stops_with_step_and_last_good_checkpoint(tiny_config, tmp_path,
+                                                             monkeypatch, step, metrics_too,
+                                                             what):
+  """NaN loss (step 3) or NaN parameters at a save (step 4): stop, name checkpoint 2."""
+  _poison_at(monkeypatch, step, metrics_too=metrics_too)
+  config = tiny_config(num_steps=6, log_every=1, checkpoint_every=2)
+  with pytest.raises(FloatingPointError,
+                     match=rf"{what}.* at step {step}; last good checkpoint: .*checkpoints/2$"):
     train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
