@@ -9,7 +9,11 @@ SCRIPT = os.path.join(ROOT, "experiments", "paper_comparison", "run.py")
 
 
 def _run_small(out_dir):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # One CPU device, as the experiment runs outside the test suite (whose conftest asks XLA
+  # for 8 fake devices).
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
   proc = subprocess.run([sys.executable, SCRIPT, "--small", "--out", str(out_dir)],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
