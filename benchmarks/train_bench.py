@@ -48,7 +48,7 @@ def build(method_key, args):
   is_ce = method == "cross_entropy"
   kwargs = {}
   if args.model == "small_cnn":
-    kwargs["widths"] = (32, 64, 128)
+    kwargs.update(widths=(32, 64, 128), extra_convs=1)   # the demo's encoder
   model = create_model(args.model, num_classes=args.num_classes if is_ce else 0,
                        proj_dim=0 if is_ce else 128, dtype=args.dtype, **kwargs)
   schedule = warmup_cosine(peak_lr=0.1, total_steps=1000, warmup_steps=10)
