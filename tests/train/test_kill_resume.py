@@ -1,0 +1,48 @@
+"""A `main.py` process killed with SIGKILL resumes to the results of an uninterrupted run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FINAL = ("linear_probe_accuracy", "knn_accuracy", "online_probe_accuracy", "final_loss",
+         "mi_lower_bound")
+
+
+def _command(workdir, data_dir):
+  return [sys.executable, os.path.join(ROOT, "main.py"),
+          "--config=" + os.path.join(ROOT, "configs", "digits.py") + ":runlocal",
+          f"--workdir={workdir}", "--config.num_steps=400", "--config.checkpoint_every=20",
+          "--config.log_every=20", "--config.num_devices=1",
+          f"--config.dataset.data_dir={data_dir}"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_reaches_the_same_results(digits_dir, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+  subprocess.run(_command(ref_dir, digits_dir), check=True, env=env, cwd=ROOT,
+                 capture_output=True)
+
+  proc = subprocess.Popen(_command(run_dir, digits_dir), env=env, cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = run_dir / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if ckpt_dir.exists() and any(p.isdigit() for p in os.listdir(ckpt_dir)):
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+  assert not (run_dir / "results.json").exists()
+
+  subprocess.run(_command(run_dir, digits_dir), check=True, env=env, cwd=ROOT,
+                 capture_output=True)
+  ref = json.loads((ref_dir / "results.json").read_text())
+  got = json.loads((run_dir / "results.json").read_text())
+  for key in FINAL:
+    assert got[key] == ref[key], (key, got[key], ref[key])
