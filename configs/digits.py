@@ -3,8 +3,9 @@
 Command:   python main.py --config=configs/digits.py --workdir=runs/digits
            (any method: --config.method=supcon|infonce|cross_entropy)
 Hardware:  2 CPU cores.
-Time:      about 1 minute (`:runlocal`: seconds).
-Expected:  linear-probe test accuracy about 95% (kNN about 95%) for ProjNCE and SupCon.
+Time:      about 25 seconds, evaluation included (`:runlocal`: seconds).
+Expected:  linear-probe test accuracy about 98% (measured: ProjNCE 98.1, SupCon 98.1,
+           cross-entropy 98.1; kNN 97-98%).
 """
 from projnce_jax.train.config import base_config
 from projnce_jax.train.config import parse_arg
