@@ -17,6 +17,10 @@ Fields (all locked: a typo in an override is an error):
   knn.*             k, temperature
   eval_batch_size, log_every, checkpoint_every, keep_checkpoints, async_checkpoints,
   num_devices (None: all), seed, progress, report.tsne, report.tsne_points
+  skip_nonfinite_updates  False: a non-finite loss or gradient stops the run at the next
+                    log/checkpoint step; True: such updates are skipped and counted
+                    (metric `skipped_updates`)
+  min_free_disk_mb  free space the workdir needs at start-up (MiB)
   runs              () or a tuple of {"name": ..., <overrides>} dicts: one invocation
                     trains each run in WORKDIR/<name> and writes a comparison table.
 """
@@ -62,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.progress = True
   c.report = ml_collections.ConfigDict(dict(tsne=True, tsne_points=1000))
+  c.skip_nonfinite_updates = False
+  c.min_free_disk_mb = 64.0
   c.runs = ()
   return c
 

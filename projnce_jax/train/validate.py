@@ -1,0 +1,258 @@
+"""Start-up checks: the config and the workdir, before any data loading or compilation.
+
+`validate_config(config)` rejects, naming the offending key and value: fields that are not
+in `base_config()` (a typo in a config file), wrong types (`batch_size="64"`), values out
+of range (`loss.temperature <= 0`, `dataset.label_noise` outside [0, 1)), unknown names
+(method, projection, impl, optimizer, model, dataset, dtype) and impossible combinations
+(`orthogonal` with `model.proj_dim` < the dataset's classes, `batch_size` not divisible by
+the device count, `loss.impl="ring"` on one device). `check_workdir(workdir)` makes sure the
+workdir can be written and has free space.
+
+Example:
+  >>> validate_config(config)          # ValueError / TypeError / KeyError on a bad field
+  >>> check_workdir("/tmp/run", min_free_mb=64)
+"""
+import math
+import numbers
+import os
+import shutil
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import jax
+import ml_collections
+
+from projnce_jax import data as pjd
+from projnce_jax import losses
+from projnce_jax.data.noise import NOISE_KINDS
+from projnce_jax.models.factory import ENCODERS
+from projnce_jax.train.config import apply_overrides
+from projnce_jax.train.config import base_config
+from projnce_jax.train.step import METHODS
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+FREE_FORM = ("dataset.augment",)   # keyword arguments of the augmentation: any keys
+
+
+class ConfigError(ValueError):
+  """A config field has a wrong type, an out-of-range value or clashes with another."""
+
+
+# -- field checks ------------------------------------------------------------------------
+
+
+def _get(config, key: str) -> Any:
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _int(config, key: str, *, low: int, optional: bool = False) -> None:
+  v = _get(config, key)
+  if v is None and optional:
+    return
+  if not _is_int(v):
+    raise TypeError(f"config field {key!r} must be an int, got {type(v).__name__} {v!r}")
+  if v < low:
+    raise ConfigError(f"config field {key!r} must be >= {low}, got {v}")
+
+
+def _real(config, key: str, *, check: Callable[[float], bool], expect: str,
+          optional: bool = False) -> None:
+  v = _get(config, key)
+  if v is None and optional:
+    return
+  if not _is_real(v):
+    raise TypeError(f"config field {key!r} must be a number, got {type(v).__name__} {v!r}")
+  if not math.isfinite(v) or not check(v):
+    raise ConfigError(f"config field {key!r} must be {expect}, got {v}")
+
+
+def _choice(config, key: str, choices: Iterable[str]) -> None:
+  v = _get(config, key)
+  choices = tuple(choices)
+  if v not in choices:
+    raise ConfigError(f"config field {key!r} is {v!r}; expected one of {list(choices)}")
+
+
+def _bool(config, key: str) -> None:
+  v = _get(config, key)
+  if not isinstance(v, bool):
+    raise TypeError(f"config field {key!r} must be a bool, got {type(v).__name__} {v!r}")
+
+
+def _unknown_keys(config, schema, prefix: str = "") -> None:
+  for key in config.keys():
+    path = prefix + key
+    if key not in schema:
+      raise KeyError(f"unknown config field {path!r} (not in base_config())")
+    if path in FREE_FORM:
+      continue
+    if isinstance(schema[key], ml_collections.ConfigDict):
+      if not isinstance(config[key], (ml_collections.ConfigDict, dict)):
+        raise TypeError(f"config field {path!r} must be a block of fields, got "
+                        f"{type(config[key]).__name__}")
+      _unknown_keys(config[key], schema[key], path + ".")
+
+
+def _check_fields(config) -> None:
+  positive = lambda v: v > 0
+  _choice(config, "method", METHODS)
+  _real(config, "loss.temperature", check=positive, expect="> 0")
+  _choice(config, "loss.positive", losses.PROJECTIONS)
+  _choice(config, "loss.negative", losses.NEGATIVES)
+  _real(config, "loss.beta", check=lambda v: True, expect="finite")
+  _choice(config, "loss.impl", losses.IMPLS)
+  _int(config, "loss.block_size", low=1, optional=True)
+  _real(config, "loss.log_ratio_clip", check=lambda v: True, expect="finite", optional=True)
+  _real(config, "loss.bandwidth", check=positive, expect="> 0")
+  _int(config, "loss.mlp_hidden", low=1)
+
+  _choice(config, "dataset.name", pjd.list_datasets())
+  _int(config, "dataset.num_views", low=1)
+  _real(config, "dataset.label_noise", check=lambda v: 0 <= v < 1, expect="in [0, 1)")
+  _choice(config, "dataset.label_noise_kind", NOISE_KINDS)
+  _bool(config, "dataset.in_memory")
+
+  _choice(config, "model.name", ENCODERS)
+  _int(config, "model.proj_dim", low=1)
+  _int(config, "model.proj_hidden_dim", low=1, optional=True)
+  _int(config, "model.width", low=1, optional=True)
+  _int(config, "model.extra_convs", low=0)
+  _choice(config, "model.dtype", DTYPES)
+  widths = config.model.widths
+  if (not isinstance(widths, (tuple, list)) or not widths
+      or not all(_is_int(w) and w > 0 for w in widths)):
+    raise ConfigError(f"config field 'model.widths' must be a non-empty tuple of positive "
+                      f"ints, got {widths!r}")
+
+  _choice(config, "optimizer.name", OPTIMIZERS)
+  _real(config, "optimizer.base_lr", check=positive, expect="> 0")
+  _real(config, "optimizer.momentum", check=lambda v: 0 <= v < 1, expect="in [0, 1)")
+  _bool(config, "optimizer.nesterov")
+  _real(config, "optimizer.weight_decay", check=lambda v: v >= 0, expect=">= 0")
+  _real(config, "optimizer.warmup_epochs", check=lambda v: v >= 0, expect=">= 0")
+  _real(config, "optimizer.grad_clip_norm", check=positive, expect="> 0", optional=True)
+
+  _int(config, "batch_size", low=1)
+  _real(config, "num_epochs", check=positive, expect="> 0")
+  _int(config, "num_steps", low=1, optional=True)
+  _real(config, "online_probe.lr", check=positive, expect="> 0")
+  _int(config, "linear_probe.epochs", low=1)
+  _int(config, "linear_probe.batch_size", low=1)
+  _real(config, "linear_probe.lr", check=positive, expect="> 0")
+  _real(config, "linear_probe.weight_decay", check=lambda v: v >= 0, expect=">= 0")
+  _int(config, "knn.k", low=1)
+  _real(config, "knn.temperature", check=positive, expect="> 0")
+  for key in ("eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+    _int(config, key, low=1)
+  for key in ("async_checkpoints", "progress", "report.tsne", "skip_nonfinite_updates"):
+    _bool(config, key)
+  _int(config, "num_devices", low=1, optional=True)
+  _int(config, "seed", low=0)
+  _int(config, "report.tsne_points", low=1)
+  _real(config, "min_free_disk_mb", check=lambda v: v >= 0, expect=">= 0")
+
+
+def _check_combinations(config, num_devices: int) -> None:
+  info = pjd.get_info(config.dataset.name)
+  available = jax.device_count()
+  if num_devices > available:
+    raise ConfigError(f"config field 'num_devices' is {num_devices} but only {available} "
+                      f"devices are available")
+  if config.batch_size % num_devices:
+    raise ConfigError(f"config field 'batch_size' ({config.batch_size}) is not divisible by "
+                      f"the device count ({num_devices})")
+  if config.batch_size > info.num_train:
+    raise ConfigError(f"config field 'batch_size' ({config.batch_size}) exceeds the "
+                      f"{info.num_train} training examples of {info.name!r}")
+  if config.method == "cross_entropy":
+    return
+  if config.method == "infonce" and config.dataset.num_views < 2:
+    raise ConfigError(f"config field 'dataset.num_views' must be >= 2 for method "
+                      f"'infonce', got {config.dataset.num_views}")
+  if config.loss.impl == "ring" and num_devices < 2:
+    raise ConfigError("config field 'loss.impl' is 'ring', which passes keys between "
+                      f"devices, but the run uses {num_devices} device; use 'dense' or "
+                      "'blockwise' on one device")
+  if config.method == "projnce":
+    for role in ("positive", "negative"):
+      if config.loss[role] == "orthogonal" and config.model.proj_dim < info.num_classes:
+        raise ConfigError(
+            f"config field 'loss.{role}' is 'orthogonal', which needs 'model.proj_dim' >= "
+            f"the {info.num_classes} classes of {info.name!r}, got "
+            f"model.proj_dim={config.model.proj_dim}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks every field of a run config, and of each entry of `config.runs`.
+
+  Nothing is loaded or compiled: the dataset's size and class count come from its static
+  `DatasetInfo`, the device count from `jax.device_count()`.
+
+  Args:
+    config: a config built from `base_config()`.
+
+  Raises:
+    KeyError: a field that `base_config()` does not have (or a run overriding one).
+    TypeError: a field of the wrong type, e.g. `batch_size="64"`.
+    ConfigError (a ValueError): an out-of-range value, an unknown name or an impossible
+      combination; the message names the key(s) and the value(s).
+  """
+  _unknown_keys(config, base_config())
+  if config.runs:
+    names = []
+    for i, spec in enumerate(config.runs):
+      if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise ConfigError(f"config field 'runs[{i}]' must be a dict with a 'name' string, "
+                          f"got {spec!r}")
+      names.append(spec["name"])
+      try:
+        validate_config(apply_overrides(config, spec))
+      except (KeyError, TypeError, ValueError) as e:
+        raise type(e)(f"run {spec['name']!r}: {e.args[0] if e.args else e}") from e
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+      raise ConfigError(f"config field 'runs' repeats the names {duplicates}")
+    return
+  _check_fields(config)
+  _check_combinations(config, config.num_devices or jax.device_count())
+
+
+def check_workdir(workdir: str, *, min_free_mb: float = 64.0) -> None:
+  """Makes sure `workdir` exists, can be written and has `min_free_mb` MiB free.
+
+  Raises:
+    OSError: naming the path when it cannot be created or written, or is (nearly) full.
+  """
+  path = os.path.abspath(workdir)
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_probe.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f"workdir {path} is not writable: {e}") from e
+  free_mb = shutil.disk_usage(path).free / 2**20
+  if free_mb < min_free_mb:
+    raise OSError(f"workdir {path} has only {free_mb:.1f} MiB free; at least "
+                  f"{min_free_mb:g} MiB are needed (config field 'min_free_disk_mb')")
+
+
+def validate_run(config: ml_collections.ConfigDict, workdir: Optional[str]) -> None:
+  """`validate_config(config)`, then `check_workdir(workdir)` (when given)."""
+  validate_config(config)
+  if workdir is not None:
+    check_workdir(workdir, min_free_mb=config.min_free_disk_mb)
