@@ -23,15 +23,20 @@ from projnce_jax.train.step import METHODS
 from projnce_jax.train.step import make_train_step
 from projnce_jax.train.step import method_loss
 from projnce_jax.train.trainer import Experiment
+from projnce_jax.train.trainer import Preempted
 from projnce_jax.train.trainer import evaluate
 from projnce_jax.train.trainer import run
 from projnce_jax.train.trainer import train
 from projnce_jax.train.trainer import train_and_evaluate
+from projnce_jax.train.validate import ConfigError
+from projnce_jax.train.validate import check_workdir
+from projnce_jax.train.validate import validate_config
 
 __all__ = [
-    "Checkpointer", "Experiment", "METHODS", "TrainState", "apply_overrides", "base_config",
-    "create_train_state", "decay_mask", "evaluate", "extract_features", "knn_accuracy",
+    "Checkpointer", "ConfigError", "Experiment", "METHODS", "Preempted", "TrainState",
+    "apply_overrides", "base_config", "check_workdir", "create_train_state", "decay_mask",
+    "evaluate", "extract_features", "knn_accuracy",
     "knn_predict", "linear_probe", "make_eval_inputs", "make_optimizer", "make_train_inputs",
     "make_train_step", "make_tx", "method_loss", "run", "train", "train_and_evaluate",
-    "warmup_cosine",
+    "validate_config", "warmup_cosine",
 ]

@@ -1,11 +1,16 @@
 """orbax checkpoints: train state + data-iterator state, periodic and final, keep-N, async.
 
 Layout: DIR/checkpoints/<step>/{state, data}. `state` is the TrainState pytree
-(StandardSave), `data` the loader's JSON state (JsonSave).
+(StandardSave), `data` the loader's JSON state (JsonSave). A checkpoint that cannot be
+restored (partially written, truncated or deleted files) is moved to
+DIR/checkpoints_unreadable/<step> and the previous one is used instead.
 """
 import os
+import shutil
+import time
 from typing import Any, Optional, Tuple
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
@@ -56,6 +61,43 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                       data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"]
+
+  def restore_latest(self, target: Any) -> Optional[Tuple[int, Any, Any]]:
+    """Restores the newest checkpoint that can be read, newest first.
+
+    A checkpoint that fails to restore is logged as a warning and moved aside to
+    `<directory>_unreadable/<step>` (kept, so nothing is lost; out of the way of the
+    saves that re-create its step).
+
+    Args:
+      target: gives structure, dtypes and shardings (see `restore`).
+
+    Returns:
+      (step, state, data_state), or None when there is no readable checkpoint.
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state, data_state = self.restore(step, target)
+      except Exception as e:  # orbax raises many types for missing or truncated files.
+        moved = self._move_aside(step)
+        logging.warning("checkpoint %s cannot be restored (%s: %s); moved it to %s and "
+                        "trying the previous one", self.path(step), type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "", moved)
+        continue
+      return step, state, data_state
+    return None
+
+  def _move_aside(self, step: int) -> str:
+    """Moves checkpoint `step` to <directory>_unreadable/ and returns its new path."""
+    dest_dir = self.directory + "_unreadable"
+    dest = os.path.join(dest_dir, str(step))
+    if jax.process_index() == 0:   # one process moves it on a shared file system
+      os.makedirs(dest_dir, exist_ok=True)
+      if os.path.exists(dest):
+        dest = f"{dest}.{int(time.time())}"
+      shutil.move(self.path(step), dest)
+    self._manager.reload()
+    return dest
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""

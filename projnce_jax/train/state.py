@@ -19,9 +19,14 @@ class TrainState(train_state.TrainState):
       and "projection": learnable class-embedding MLP when the loss uses one}.
     batch_stats: BatchNorm running statistics of the model.
     rng: base PRNG key; step t uses fold_in(rng, t), so resuming reproduces the stream.
+    skipped_updates: int32 count of steps whose loss or gradients were non-finite (their
+      update was not applied).
+    first_skipped_step: int32 step (1-based) of the first such step, -1 when none.
   """
   batch_stats: Any = None
   rng: Optional[jax.Array] = None
+  skipped_updates: Optional[jax.Array] = None
+  first_skipped_step: Optional[jax.Array] = None
 
 
 def param_labels(params: dict) -> dict:
@@ -75,4 +80,6 @@ def create_train_state(key: jax.Array, model: nn.Module, sample_input: jax.Array
   if projection_init is not None:
     params["projection"] = jit_once(projection_init, k_proj)
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                           batch_stats=variables.get("batch_stats", {}), rng=k_train)
+                           batch_stats=variables.get("batch_stats", {}), rng=k_train,
+                           skipped_updates=jnp.zeros((), jnp.int32),
+                           first_skipped_step=jnp.full((), -1, jnp.int32))

@@ -67,6 +67,24 @@ def _psum(x, axis_name):
   return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
+def _all_finite(tree, axis_name: Optional[str]) -> jax.Array:
+  """True when every floating-point leaf of `tree` is finite (on every device)."""
+  bad = sum(jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.floating))
+  return _psum(jnp.asarray(bad, jnp.int32), axis_name) == 0
+
+
+def _keep_if_not(finite: jax.Array, updated: TrainState, old: TrainState) -> TrainState:
+  """`updated` when `finite`, else `old` with the step advanced and the skip counted."""
+  guarded = jax.tree.map(lambda n, o: jnp.where(finite, n, o), updated, old)
+  skipped = jnp.logical_not(finite)
+  first = jnp.where(skipped & (old.first_skipped_step < 0), old.step + 1,
+                    old.first_skipped_step)
+  return guarded.replace(step=updated.step,
+                         skipped_updates=old.skipped_updates + skipped.astype(jnp.int32),
+                         first_skipped_step=first.astype(jnp.int32))
+
+
 def make_train_step(*, model, method: str, loss_kwargs: Dict[str, Any], num_views: int,
                     num_classes: int, schedule: Callable[[Any], Any],
                     train_inputs: Callable[[jax.Array, Batch], jax.Array],
@@ -84,7 +102,13 @@ def make_train_step(*, model, method: str, loss_kwargs: Dict[str, Any], num_view
     axis_name: "data" under shard_map, None on one device.
 
   Batch fields: input ("image"/"audio"), "label" [b] int, "mask" [b] bool, "index" [b] int.
-  Metrics: loss, the loss's aux scalars, probe_loss, probe_accuracy, learning_rate.
+  Metrics: loss, the loss's aux scalars, probe_loss, probe_accuracy, learning_rate,
+  skipped_updates (running count) and update_skipped (1.0 on a skipped step).
+
+  A step whose loss or gradients are not all finite leaves params, optimiser state and
+  BatchNorm statistics unchanged (the step counter still advances) and is counted in
+  `state.skipped_updates`; the first such step is kept in `state.first_skipped_step`.
+  The check runs on the device, without a host round trip.
   """
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -112,7 +136,9 @@ def make_train_step(*, model, method: str, loss_kwargs: Dict[str, Any], num_view
 
     grads, (loss, aux, probe_loss, probe_logits, batch_stats) = jax.grad(
         loss_fn, has_aux=True)(state.params)
-    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    finite = _all_finite((loss, probe_loss, grads), axis_name)
+    new_state = _keep_if_not(finite, updated, state)
     correct = jnp.sum((jnp.argmax(probe_logits, -1) == labels) & mask)
     count = jnp.sum(mask)
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()
@@ -121,7 +147,9 @@ def make_train_step(*, model, method: str, loss_kwargs: Dict[str, Any], num_view
         loss=loss.astype(jnp.float32), probe_loss=probe_loss.astype(jnp.float32),
         probe_accuracy=(_psum(correct, axis_name) / jnp.maximum(_psum(count, axis_name), 1)
                         ).astype(jnp.float32),
-        learning_rate=jnp.asarray(schedule(state.step), jnp.float32))
+        learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
+        skipped_updates=new_state.skipped_updates.astype(jnp.float32),
+        update_skipped=1.0 - finite.astype(jnp.float32))
     return new_state, metrics
 
   return step

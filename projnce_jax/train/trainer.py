@@ -2,12 +2,20 @@
 
 `run(config, workdir)` trains one method, or, when `config.runs` lists several, each in
 WORKDIR/<name> followed by a comparison table. Rerunning the same command on the same
-workdir resumes from the newest checkpoint (state, data-iterator position, RNG) and
-reaches the same final metrics as an uninterrupted run.
+workdir resumes from the newest readable checkpoint (state, data-iterator position, RNG)
+and reaches the same final metrics as an uninterrupted run.
+
+Faults: the config and workdir are checked before anything is loaded (`validate.py`); a
+non-finite loss, gradient, metric or parameter stops the run naming the step and the last
+good checkpoint (or, with `skip_nonfinite_updates`, bad updates are skipped and counted);
+an unreadable newest checkpoint is set aside for the previous one; SIGTERM saves a
+checkpoint at the next step boundary and raises `Preempted`.
 """
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -34,6 +42,9 @@ from projnce_jax.train.optim import warmup_cosine
 from projnce_jax.train.state import create_train_state
 from projnce_jax.train.state import make_tx
 from projnce_jax.train.step import make_train_step
+from projnce_jax.train.validate import check_workdir
+from projnce_jax.train.validate import validate_config
+from projnce_jax.train.validate import validate_run
 from projnce_jax.train.writers import MetricWriter
 from projnce_jax.train.writers import read_metrics
 
@@ -196,12 +207,66 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _non_finite_error(what: str, step: int, ckpt: Checkpointer) -> FloatingPointError:
+def _non_finite_error(what: str, step: int, ckpt: Checkpointer, detail: str = ""
+                      ) -> FloatingPointError:
   ckpt.wait()
   good = ckpt.latest_step()
   return FloatingPointError(
-      f"{what} at step {step}; last good checkpoint: "
+      f"{what} at step {step}{detail}; last good checkpoint: "
       f"{ckpt.path(good) if good is not None else 'none'}")
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM after saving a checkpoint; rerun to resume.
+
+  Attributes:
+    step: the step of the saved checkpoint.
+    checkpoint: its folder.
+  """
+
+  def __init__(self, step: int, checkpoint: str):
+    super().__init__(f"stopped by SIGTERM at step {step}; saved checkpoint {checkpoint}; "
+                     "rerun the same command to resume")
+    self.step = step
+    self.checkpoint = checkpoint
+
+
+class _StopFlag:
+  """Set by SIGTERM while installed (main thread only); restores the old handler."""
+
+  def __init__(self):
+    self.is_set = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del frame
+    self.is_set = True
+    logging.warning("received signal %d: saving a checkpoint at the end of this step",
+                    signum)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(values: Dict[str, float], state, step: int, ckpt: Checkpointer,
+                  skip: bool, update_skipped: bool) -> None:
+  """Raises FloatingPointError for skipped updates (unless `skip`) or non-finite metrics."""
+  skipped = int(values.get("skipped_updates", 0))
+  if skipped and not skip:
+    first = int(jax.device_get(state.first_skipped_step))
+    raise _non_finite_error(
+        "non-finite loss or gradients", first, ckpt,
+        f" (updates not applied: {skipped} by step {step}; metrics at step {step}: "
+        f"{values}; set skip_nonfinite_updates=True to skip such updates)")
+  bad = {k: v for k, v in values.items() if not math.isfinite(v) and k != "learning_rate"}
+  if bad and not (skip and update_skipped):
+    raise _non_finite_error(f"non-finite metrics {bad}", step, ckpt)
 
 
 def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
@@ -220,21 +285,25 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
      "train_seconds": wall time of this invocation's steps}.
 
   Raises:
-    FloatingPointError: the logged metrics (checked at log and checkpoint steps) or the
-      parameters (checked before every save) became NaN/inf; names the step and the last
-      good checkpoint, and never saves a non-finite state.
+    FloatingPointError: the loss or gradients of a step (counted on the device), the logged
+      metrics (checked at log and checkpoint steps) or the parameters (checked before
+      every save) became NaN/inf; names the step, the metrics and the last good
+      checkpoint, and never saves after such a step. With
+      `config.skip_nonfinite_updates` the non-finite updates are skipped instead and
+      counted in the `skipped_updates` metric.
+    Preempted: SIGTERM arrived; a checkpoint of the step it arrived in was saved.
   """
   config = exp.config
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
                       async_save=config.async_checkpoints)
   state = exp.init_state()
   loader = exp.train_loader()
-  start = ckpt.latest_step()
-  if start is not None:
-    state, data_state = ckpt.restore(start, state)
+  restored = ckpt.restore_latest(state)
+  start = 0
+  if restored is not None:
+    start, state, data_state = restored
     loader.set_state(data_state)
     logging.info("resumed from %s", ckpt.path(start))
-  start = int(start or 0)
   writer = MetricWriter(workdir, start_step=start, enabled=_is_main_process())
   step_fn = exp.compiled_step()
   bar = tqdm.tqdm(total=exp.total_steps, initial=start, desc=desc, dynamic_ncols=True,
@@ -242,7 +311,9 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
   last_record: Dict[str, Any] = {}
   t_start = time.perf_counter()
   t_last, step_last = t_start, start
+  stop = _StopFlag()
   try:
+    stop.__enter__()
     for step in range(start + 1, exp.total_steps + 1):
       batch = exp.put(next(loader))
       state, metrics = step_fn(state, batch)
@@ -255,10 +326,9 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
       is_last = step == exp.total_steps
       if step % config.log_every == 0 or is_last or step % config.checkpoint_every == 0:
         values = _log_fields(jax.device_get(metrics))
-        bad = {k: v for k, v in values.items()
-               if not math.isfinite(v) and k != "learning_rate"}
-        if bad:
-          raise _non_finite_error(f"non-finite metrics {bad}", step, ckpt)
+        update_skipped = bool(values.pop("update_skipped", 0.0))
+        _check_finite(values, state, step, ckpt, config.skip_nonfinite_updates,
+                      update_skipped)
         if step % config.log_every == 0 or is_last:
           now = time.perf_counter()
           if step == step_last:   # the first step: includes compilation
@@ -273,13 +343,18 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
           last_record = record
           bar.set_postfix(loss=f"{values['loss']:.4f}",
                           probe=f"{values['probe_accuracy']:.3f}")
-      if step % config.checkpoint_every == 0 or is_last:
-        if not bool(_all_finite((state.params, state.batch_stats))):
-          raise _non_finite_error("non-finite parameters", step, ckpt)
-        ckpt.save(step, state, loader.get_state())
+      saved = step % config.checkpoint_every == 0 or is_last
+      if saved:
+        _save(ckpt, step, state, loader)
       for hook in hooks:
         hook(step, state, record)
+      if stop.is_set:
+        if not saved:
+          _save(ckpt, step, state, loader)
+        ckpt.wait()
+        raise Preempted(step, ckpt.path(step))
   finally:
+    stop.__exit__()
     bar.close()
     writer.close()
     ckpt.close()
@@ -288,6 +363,13 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
         read_metrics(os.path.join(workdir, "metrics.jsonl")))), {})
   return {"state": state, "last_record": last_record,
           "train_seconds": time.perf_counter() - t_start}
+
+
+def _save(ckpt: Checkpointer, step: int, state, loader) -> None:
+  """Saves a checkpoint after checking that the parameters are finite."""
+  if not bool(_all_finite((state.params, state.batch_stats))):
+    raise _non_finite_error("non-finite parameters", step, ckpt)
+  ckpt.save(step, state, loader.get_state())
 
 
 def evaluate(exp: Experiment, state) -> Dict[str, Any]:
@@ -334,8 +416,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns:
     The results dict (also written to WORKDIR/results.json).
+
+  Raises:
+    KeyError, TypeError, ValueError: a bad config field (see `validate_config`).
+    OSError: `workdir` is not writable or has less than `min_free_disk_mb` free.
   """
-  os.makedirs(workdir, exist_ok=True)
+  validate_run(config, workdir)
   if _is_main_process():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2) + "\n")
@@ -374,10 +460,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence[Hook
         ) -> Dict[str, Any]:
   """Runs `config` (one method, or every entry of `config.runs`) in `workdir`.
 
+  Every run's config and the workdir are checked before anything is loaded or compiled.
+
   Returns:
     Single run: its results. Several runs: {"runs": [results...]} (also written to
     WORKDIR/results.json with a comparison report.md).
+
+  Raises:
+    See `train_and_evaluate` and `train`.
   """
+  validate_config(config)
+  check_workdir(workdir, min_free_mb=config.min_free_disk_mb)
   if not config.runs:
     return train_and_evaluate(config, workdir, hooks=hooks)
   all_results = []
