@@ -177,6 +177,9 @@ def orthogonal_table(num_classes: int, dim: int, seed: int = ORTHOGONAL_SEED) ->
 
   Raises:
     ValueError: if dim < num_classes (no M orthonormal vectors exist in R^d).
+
+  Example:
+    >>> q = orthogonal_table(10, 128)  # [10, 128], q @ q.T == I
   """
   if dim < num_classes:
     raise ValueError(
@@ -219,7 +222,11 @@ def init_mlp_params(key: jax.Array, *, num_classes: int, dim: int, hidden: int =
 
 
 def mlp_table(params, num_classes: int) -> jax.Array:
-  """The [num_classes, d] table of the `mlp` projection for `params`."""
+  """The [num_classes, d] table of the `mlp` projection for `params`.
+
+  Example:
+    >>> table = mlp_table(init_mlp_params(key, num_classes=10, dim=128), 10)  # [10, 128]
+  """
   try:
     hidden, dim = params["hidden"]["kernel"].shape[1], params["out"]["kernel"].shape[1]
     in_dim = params["hidden"]["kernel"].shape[0]

@@ -32,7 +32,12 @@ _MIN_BLOCK = 128
 
 def auto_block_size(num_queries: int, num_keys: int) -> int:
   """The key-block size used when `block_size=None`: a power of two with
-  `num_queries * block <= 2**24`, at least 128 and at most `num_keys`."""
+  `num_queries * block <= 2**24`, at least 128 and at most `num_keys`.
+
+  Example:
+    >>> auto_block_size(65536, 65536)
+    256
+  """
   block = _MIN_BLOCK
   while block * 2 * max(num_queries, 1) <= _BLOCK_BUDGET and block < num_keys:
     block *= 2
