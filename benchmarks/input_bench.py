@@ -9,7 +9,10 @@ Settings:
 For each setting it times, in examples/s (examples, not views):
   loader:   host batches from ``make_loader`` (grain, 2 reader threads);
   augment:  jitted ``augment_images`` on a batch already on the device;
-  pipeline: loader -> device_put -> augment, blocked on the result.
+  pipeline: loader -> device_put -> augment, blocked on the result;
+  train step: the ProjNCE train step of the trainer (augmentation, encoder, loss,
+            optimiser; `train_bench.build`) on the same batch size, in the same run:
+            the demo's small CNN for the demo settings, ResNet-18 for cifar.
 
 Usage::
 
@@ -17,8 +20,8 @@ Usage::
   python benchmarks/input_bench.py --steps=50 --settings=demo
 
 Prints a markdown table and appends it, with the command and the machine, to
-benchmarks/INPUT_RESULTS.md (unless --no_write). Compare "pipeline" with the
-train step's examples/s: the input is not the bottleneck while it is higher.
+benchmarks/INPUT_RESULTS.md (unless --no_write). The input is not the bottleneck while
+"loader" is above "train step" (the trainer augments on the device inside its step).
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ from projnce_jax import data
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "INPUT_RESULTS.md")
 SETTINGS = {
-    "demo": dict(batch_size=256, num_views=2),
-    "demo_mem": dict(batch_size=256, num_views=2),
-    "cifar": dict(batch_size=512, num_views=2),
+    "demo": dict(batch_size=256, num_views=2, model="small_cnn", shape=(28, 28, 1)),
+    "demo_mem": dict(batch_size=256, num_views=2, model="small_cnn", shape=(28, 28, 1)),
+    "cifar": dict(batch_size=512, num_views=2, model="resnet18", shape=(32, 32, 3)),
 }
 
 
@@ -66,8 +69,9 @@ def _rate(fn, steps: int, batch_size: int, warmup: int = 2) -> float:
   return steps * batch_size / (time.perf_counter() - start)
 
 
-def bench(setting: str, steps: int, data_dir: str | None) -> dict[str, float]:
-  """Returns examples/s of loader, augment and pipeline for one setting."""
+def bench(setting: str, steps: int, data_dir: str | None,
+          train_steps: int = 3) -> dict[str, float]:
+  """Returns examples/s of loader, augment, pipeline and train step for one setting."""
   cfg = SETTINGS[setting]
   bs, views = cfg["batch_size"], cfg["num_views"]
   src = _source(setting, data_dir)
@@ -92,7 +96,26 @@ def bench(setting: str, steps: int, data_dir: str | None) -> dict[str, float]:
     out.block_until_ready()
 
   pipe = _rate(step, steps, bs)
-  return {"loader": loader, "augment": aug, "pipeline": pipe}
+  return {"loader": loader, "augment": aug, "pipeline": pipe,
+          "train": _train_rate(setting, train_steps)}
+
+
+def _train_rate(setting: str, steps: int) -> float:
+  """Examples/s of the trainer's ProjNCE step (the consumer of the pipeline)."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import train_bench  # pylint: disable=g-import-not-at-top
+  cfg = SETTINGS[setting]
+  h, w, c = cfg["shape"]
+  args = argparse.Namespace(model=cfg["model"], image_size=h, channels=c,
+                            batch_size=cfg["batch_size"], num_classes=10, dtype="float32")
+  train_step, state, batch = train_bench.build("projnce", args)
+  box = [state]
+
+  def one():
+    box[0], metrics = train_step(box[0], batch)
+    jax.block_until_ready(metrics)
+
+  return _rate(one, steps, cfg["batch_size"], warmup=1)
 
 
 def machine() -> str:
@@ -108,21 +131,24 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--settings", default="demo,demo_mem,cifar")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--train_steps", type=int, default=3)
   parser.add_argument("--no_write", action="store_true")
   args = parser.parse_args(argv)
 
   header = ("| setting | image | batch | views | loader ex/s | augment ex/s | "
-            "pipeline ex/s |\n|---|---|---|---|---:|---:|---:|")
+            "pipeline ex/s | train step ex/s | loader / train step |\n"
+            "|---|---|---|---|---:|---:|---:|---:|---:|")
   rows = []
   host = machine()
   for setting in args.settings.split(","):
-    r = bench(setting, args.steps, args.data_dir)
+    r = bench(setting, args.steps, args.data_dir, args.train_steps)
     shape = {"demo": "28x28x1 (mnist5k, array_record)",
              "demo_mem": "28x28x1 (mnist5k, in memory)"}.get(
                  setting, "32x32x3 (random, in memory)")
     cfg = SETTINGS[setting]
     rows.append(f"| {setting} | {shape} | {cfg['batch_size']} | {cfg['num_views']} "
-                f"| {r['loader']:,.0f} | {r['augment']:,.0f} | {r['pipeline']:,.0f} |")
+                f"| {r['loader']:,.0f} | {r['augment']:,.0f} | {r['pipeline']:,.0f} "
+                f"| {r['train']:,.0f} ({cfg['model']}) | {r['loader'] / r['train']:,.1f}x |")
     print(rows[-1], flush=True)
   table = "\n".join([header, *rows])
   command = "python " + " ".join(shlex.quote(a) for a in
