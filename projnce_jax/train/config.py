@@ -30,6 +30,8 @@ from typing import Any, Mapping
 import ml_collections
 from ml_collections import config_dict
 
+from projnce_jax.train.step import METHODS
+
 
 def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by all experiments (unlocked; the caller locks)."""
@@ -75,6 +77,29 @@ def base_config() -> ml_collections.ConfigDict:
 def parse_arg(arg: str | None) -> set:
   """`get_config` argument "a,b" -> {"a", "b"} (empty for None/"")."""
   return {a.strip() for a in (arg or "").split(",") if a.strip()}
+
+
+def select_method(c: ml_collections.ConfigDict, args: set) -> None:
+  """Sets `c.method` to the method named among the config arguments, if any."""
+  for m in METHODS:
+    if m in args:
+      c.method = m
+
+
+def shrink_to_runlocal(c: ml_collections.ConfigDict) -> None:
+  """The `:runlocal` settings of the accelerator configs: two tiny float32 steps on CPU.
+
+  The caller shrinks the model itself (its size fields differ per encoder).
+  """
+  c.model.dtype = "float32"
+  c.batch_size = 16
+  c.num_steps = 2
+  c.log_every = 1
+  c.eval_batch_size = 16
+  c.linear_probe.epochs = 2
+  c.linear_probe.batch_size = 16
+  c.report.tsne = False
+  c.progress = False
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
