@@ -41,7 +41,7 @@ class ClassBatch(NamedTuple):
     counts: [K] global number of valid rows per slot.
     sums: [K, d] global sum of the valid rows per slot.
     z_all, slots_all, valid_all: the gathered global batch [N, ...] (same as local on one
-      device).
+      device; `z_all` is gathered only for the projections that read rows: median, kernel).
     axis_name: data-parallel axis or None.
   """
   z: jax.Array

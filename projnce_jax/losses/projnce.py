@@ -118,8 +118,13 @@ def _psum(x, axis_name):
   return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
-def _class_batch(z, labels, valid, num_classes, axis_name) -> proj_lib.ClassBatch:
-  """Class slots and global class statistics of the batch."""
+def _class_batch(z, labels, valid, num_classes, axis_name, *,
+                 gather_rows: bool) -> proj_lib.ClassBatch:
+  """Class slots and global class statistics of the batch.
+
+  The rows themselves are gathered across devices only when `gather_rows` (the `median`
+  and `kernel` projections need them); otherwise `z_all` is the local block.
+  """
   n = z.shape[0]
   offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
   labels_all = _gather(labels, axis_name)
@@ -137,7 +142,8 @@ def _class_batch(z, labels, valid, num_classes, axis_name) -> proj_lib.ClassBatc
   counts = _psum(jax.ops.segment_sum(w, slots, num_segments=k), axis_name)
   sums = _psum(jax.ops.segment_sum(z * w[:, None], slots, num_segments=k), axis_name)
   return proj_lib.ClassBatch(z=z, slots=slots, valid=valid, offset=offset, counts=counts,
-                             sums=sums, z_all=_gather(z, axis_name), slots_all=slots_all,
+                             sums=sums, z_all=_gather(z, axis_name) if gather_rows else z,
+                             slots_all=slots_all,
                              valid_all=_gather(valid, axis_name), axis_name=axis_name)
 
 
@@ -218,7 +224,9 @@ def projnce(z: jax.Array, labels: jax.Array, *, temperature=0.1,
   valid = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
   inv_tau = 1.0 / jnp.asarray(temperature, dtype)
 
-  b = _class_batch(z, labels, valid, num_classes, axis_name)
+  gather_rows = any(isinstance(p, str) and p in ("median", "kernel")
+                    for p in (positive, negative))
+  b = _class_batch(z, labels, valid, num_classes, axis_name, gather_rows=gather_rows)
   num_valid = jnp.sum(b.counts)
   loo_counts = b.loo_counts
   log_counts = jnp.where(loo_counts > 0, jnp.log(jnp.maximum(loo_counts, 1.0)), -jnp.inf)
