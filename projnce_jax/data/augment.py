@@ -2,7 +2,9 @@
 
 Images (SimCLR / SupCon recipe, Chen et al. 2020, Khosla et al. 2020): random
 resized crop (area fraction ``crop_scale``, aspect ratio 3/4..4/3), horizontal
-flip (p=0.5), colour jitter (brightness, contrast, saturation 0.4, hue 0.1,
+flip (probability ``flip_prob``, default 0.5; the configs of the digit datasets
+set 0, a mirrored digit is not a digit), colour jitter (strengths
+``brightness``, ``contrast``, ``saturation`` 0.4 and ``hue`` 0.1 by default,
 applied in that order with probability ``jitter_prob``), grayscale (probability
 ``gray_prob``), then normalisation to float32. Saturation, hue and grayscale are
 no-ops for one-channel images. Colour operations use dm-pix.
@@ -182,7 +184,24 @@ def color_jitter(key: jax.Array, image: jax.Array, *, strength=JITTER):
 _NUM_UNIFORMS = 11  # crop 4, flip 1, jitter on 1, jitter 4, gray 1.
 
 
-def _augment_one(u, image, *, size, crop_scale, jitter_prob, gray_prob):
+def _check_prob(name: str, value) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+    raise TypeError(f"{name} must be a float in [0, 1], got {value!r}.")
+  if not 0.0 <= float(value) <= 1.0:
+    raise ValueError(f"{name} must be in [0, 1], got {value}.")
+  return float(value)
+
+
+def _check_strength(name: str, value, high: float) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+    raise TypeError(f"{name} must be a float, got {value!r}.")
+  if not 0.0 <= float(value) <= high:
+    raise ValueError(f"{name} strength must be in [0, {high}], got {value}.")
+  return float(value)
+
+
+def _augment_one(u, image, *, size, crop_scale, flip_prob, jitter_prob, jitter,
+                 gray_prob):
   """One view of one image: [H, W, C] in [0, 1] -> [h, w, C] in [0, 1].
 
   ``u``: float32 [_NUM_UNIFORMS] uniforms in [0, 1) (one draw per batch is far
@@ -190,8 +209,8 @@ def _augment_one(u, image, *, size, crop_scale, jitter_prob, gray_prob):
   """
   box = _crop_box(u[0:4], image.shape[0], image.shape[1], crop_scale, CROP_RATIO)
   x = jnp.clip(crop_and_resize(image, box, size), 0.0, 1.0)
-  x = jnp.where(u[4] < 0.5, x[:, ::-1], x)
-  x = jnp.where(u[5] < jitter_prob, _jitter(u[6:10], x, JITTER), x)
+  x = jnp.where(u[4] < flip_prob, x[:, ::-1], x)
+  x = jnp.where(u[5] < jitter_prob, _jitter(u[6:10], x, jitter), x)
   if image.shape[-1] == 3:
     gray = jnp.broadcast_to(pix.rgb_to_grayscale(x, keep_dims=True), x.shape)
     x = jnp.where(u[10] < gray_prob, gray, x)
@@ -205,7 +224,12 @@ def augment_images(
     num_views: int = 2,
     image_size: int | Sequence[int] | None = None,
     crop_scale: tuple[float, float] = (0.2, 1.0),
+    flip_prob: float = 0.5,
     jitter_prob: float = 0.8,
+    brightness: float = JITTER["brightness"],
+    contrast: float = JITTER["contrast"],
+    saturation: float = JITTER["saturation"],
+    hue: float = JITTER["hue"],
     gray_prob: float = 0.2,
     mean=None,
     std=None,
@@ -218,7 +242,12 @@ def augment_images(
     num_views: V, views per image.
     image_size: output (h, w) or int; default (H, W).
     crop_scale: range of the crop's area fraction.
+    flip_prob: probability of a horizontal flip per view, in [0, 1]; 0 never
+      mirrors a view.
     jitter_prob: probability of colour jitter per view.
+    brightness, contrast, saturation: jitter strengths s in [0, 1]; the factor
+      is uniform in [1 - s, 1 + s] (saturation: RGB only).
+    hue: hue shift strength in [0, 0.5] turns (RGB only).
     gray_prob: probability of grayscale per view (RGB only).
     mean, std: normalisation, as in ``normalize_images``.
 
@@ -233,8 +262,13 @@ def augment_images(
       _augment_one,
       size=_size(image_size, height, width),
       crop_scale=_check_scale(crop_scale),
-      jitter_prob=jitter_prob,
-      gray_prob=gray_prob,
+      flip_prob=_check_prob("flip_prob", flip_prob),
+      jitter_prob=_check_prob("jitter_prob", jitter_prob),
+      jitter={"brightness": _check_strength("brightness", brightness, 1.0),
+              "contrast": _check_strength("contrast", contrast, 1.0),
+              "saturation": _check_strength("saturation", saturation, 1.0),
+              "hue": _check_strength("hue", hue, 0.5)},
+      gray_prob=_check_prob("gray_prob", gray_prob),
   )
   u = jax.random.uniform(key, (b, num_views, _NUM_UNIFORMS))
   views = jax.vmap(jax.vmap(one, in_axes=(0, None)))(u, _to_unit(images))

@@ -286,6 +286,11 @@ class ArraySource:
     self._data = {k: np.asarray(v) for k, v in data.items()}
     self._n = next(iter(lengths.values()))
 
+  @property
+  def arrays(self) -> dict[str, np.ndarray]:
+    """The underlying {key: array [N, ...]} (not copied)."""
+    return self._data
+
   def __len__(self) -> int:
     return self._n
 

@@ -7,8 +7,8 @@ one example as a dict of numpy values:
 * audio:  ``{"audio": int16 [T], "label": int}`` (cropped or zero-padded to the
   fixed length ``get_info(name).shape[0]``).
 
-Offline datasets (``digits``, ``mnist5k``, ``fashion_mnist_local``) are
-prepared into the data directory on first use. Stock TFDS datasets (``cifar10``,
+Offline datasets (``digits``, ``mnist5k``, ``fashion_mnist_local``,
+``spoken_digits``) are prepared into the data directory on first use. Stock TFDS datasets (``cifar10``,
 ``cifar100``, ``speech_commands``, ``crema_d``, ``food101``, ``caltech101``) must
 have been prepared beforehand, in the array_record format, on a machine with
 internet access::
@@ -56,6 +56,8 @@ class DatasetInfo:
     num_train: number of examples in the "train" split.
     num_test: number of examples in the "test" split.
     sample_rate: audio sample rate in Hz; None for images.
+    flip_prob: the default horizontal-flip probability of the image augmentation
+      (0 for digits: a mirrored digit is not a digit); None for audio.
   """
 
   name: str
@@ -65,11 +67,17 @@ class DatasetInfo:
   num_train: int
   num_test: int
   sample_rate: int | None = None
+  flip_prob: float | None = 0.5
+
+  def __post_init__(self):
+    if self.kind == "audio":
+      object.__setattr__(self, "flip_prob", None)
 
 
 _INFOS = {
-    "digits": DatasetInfo("digits", "image", 10, (8, 8, 1), 1438, 359),
-    "mnist5k": DatasetInfo("mnist5k", "image", 10, (28, 28, 1), 4000, 1000),
+    "digits": DatasetInfo("digits", "image", 10, (8, 8, 1), 1438, 359, flip_prob=0.0),
+    "mnist5k": DatasetInfo("mnist5k", "image", 10, (28, 28, 1), 4000, 1000,
+                           flip_prob=0.0),
     "fashion_mnist_local": DatasetInfo(
         "fashion_mnist_local", "image", 10, (28, 28, 1), 60000, 10000
     ),
@@ -82,6 +90,10 @@ _INFOS = {
     ),
     "speech_commands": DatasetInfo(
         "speech_commands", "audio", 12, (16000,), 85511, 4890, 16000
+    ),
+    # SYNTHETIC speech from espeak-ng (builders.SpokenDigits), 1 s clips.
+    "spoken_digits": DatasetInfo(
+        "spoken_digits", "audio", 10, (16000,), 4000, 1000, 16000
     ),
     # Clips of 1-5 s, centre-cropped or zero-padded to 3 s.
     "crema_d": DatasetInfo("crema_d", "audio", 6, (48000,), 5144, 1556, 16000),

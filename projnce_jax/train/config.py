@@ -7,6 +7,22 @@ Fields (all locked: a typo in an override is an error):
                     log_ratio_clip, bandwidth, mlp_hidden (ProjNCE/SupCon/InfoNCE)
   dataset.*         name, data_dir, in_memory (small datasets), num_views, label_noise,
                     label_noise_kind, augment (keyword arguments of the augmentation)
+  dataset.val_fraction  stratified fraction of the TRAIN split held out as the validation
+                    split (default 0.1; 0 disables it); its labels are noisy when
+                    label_noise > 0 (the clean ones are kept). Seeded by dataset.split_seed.
+  dataset.split_seed    seed of the validation hold-out and of train_subset (default 0)
+  dataset.train_subset  None, or the number of training examples kept (stratified, after
+                    holding out validation), e.g. 10000 for Fashion-MNIST
+  dataset.augment.flip_prob  horizontal-flip probability of the image views; None: the
+                    dataset's default (0 for the digit datasets digits and mnist5k, 0.5
+                    for the other image datasets); audio datasets have no flip
+  dataset.augment.brightness, .contrast, .saturation, .hue  colour-jitter strengths
+                    (None: 0.4, 0.4, 0.4, 0.1); other augment keys (crop_scale,
+                    jitter_prob, gray_prob, audio: max_shift, gain_db, ...) are the
+                    augmentation functions' keyword arguments
+  eval_split        "test" (default) or "validation": the split the linear probe and kNN
+                    are scored on (the training split always trains them). Every tuning
+                    sweep sets "validation"; nothing is selected on the test split.
   model.*           name, widths, extra_convs (small_cnn), width (ResNets), proj_dim,
                     proj_hidden_dim, dtype ("float32", "bfloat16", "auto")
   optimizer.*       name (sgd|lars|adamw), base_lr (per 256 examples), momentum,
@@ -45,6 +61,15 @@ def base_config() -> ml_collections.ConfigDict:
       name="mnist5k", data_dir=config_dict.placeholder(str), in_memory=False, num_views=2,
       label_noise=0.0,
       label_noise_kind="symmetric", augment=ml_collections.ConfigDict()))
+  c.dataset.val_fraction = 0.1
+  c.dataset.split_seed = 0
+  c.dataset.train_subset = config_dict.placeholder(int)
+  c.dataset.augment.flip_prob = config_dict.placeholder(float)
+  c.dataset.augment.brightness = config_dict.placeholder(float)
+  c.dataset.augment.contrast = config_dict.placeholder(float)
+  c.dataset.augment.saturation = config_dict.placeholder(float)
+  c.dataset.augment.hue = config_dict.placeholder(float)
+  c.eval_split = "test"
   c.model = ml_collections.ConfigDict(dict(
       name="small_cnn", widths=(32, 64, 128), extra_convs=0,
       width=config_dict.placeholder(int),

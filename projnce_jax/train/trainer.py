@@ -35,6 +35,8 @@ from projnce_jax.models import create_model
 from projnce_jax.train import evaluate as eval_lib
 from projnce_jax.train.checkpoint import Checkpointer
 from projnce_jax.train.config import apply_overrides
+from projnce_jax.train.inputs import augment_kwargs
+from projnce_jax.train.inputs import make_data
 from projnce_jax.train.inputs import make_eval_inputs
 from projnce_jax.train.inputs import make_train_inputs
 from projnce_jax.train.optim import make_optimizer
@@ -86,9 +88,9 @@ class Experiment:
     self.info = pjd.get_info(config.dataset.name)
     self.num_classes = self.info.num_classes
     self.sample_rate = self.info.sample_rate or 16000
-    split_kwargs = dict(data_dir=config.dataset.data_dir, in_memory=config.dataset.in_memory)
-    self.train_source = pjd.load_split(config.dataset.name, "train", **split_kwargs)
-    self.test_source = pjd.load_split(config.dataset.name, "test", **split_kwargs)
+    self.data = make_data(config)   # train / validation / test; eval split; label noise
+    self.train_source, self.test_source = self.data.train, self.data.splits.test
+    self.eval_source, self.eval_label_fn = self.data.eval, self.data.eval_label_fn
     self.num_train = len(self.train_source)
     num_devices = config.num_devices or jax.device_count()
     self.mesh = parallel.make_mesh(num_devices, AXIS) if num_devices > 1 else None
@@ -96,15 +98,8 @@ class Experiment:
     if config.batch_size % num_devices:
       raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
                        f"{num_devices} devices")
-    self.label_fn = None
-    self.clean_fraction = 1.0
-    if config.dataset.label_noise > 0:
-      noisy, is_clean = pjd.apply_label_noise(
-          pjd.source_labels(self.train_source), rate=config.dataset.label_noise,
-          num_classes=self.num_classes, kind=config.dataset.label_noise_kind,
-          seed=config.seed)
-      self.label_fn = pjd.noisy_label_fn(noisy)
-      self.clean_fraction = float(np.mean(is_clean))
+    self.label_fn = self.data.train_label_fn
+    self.clean_fraction = self.data.clean_fraction
 
     is_ce = config.method == "cross_entropy"
     self.model = create_model(
@@ -131,7 +126,7 @@ class Experiment:
     kind = self.info.kind
     self.train_inputs = make_train_inputs(
         kind, num_views=config.dataset.num_views, sample_rate=self.sample_rate,
-        augment_kwargs=config.dataset.augment.to_dict())
+        augment_kwargs=augment_kwargs(config))
     self.eval_inputs = make_eval_inputs(kind, sample_rate=self.sample_rate)
     loss_kwargs = {k: v for k, v in config.loss.to_dict().items() if k != "mlp_hidden"}
     self.step_fn = make_train_step(
@@ -373,7 +368,7 @@ def _save(ckpt: Checkpointer, step: int, state, loader) -> None:
 
 
 def evaluate(exp: Experiment, state) -> Dict[str, Any]:
-  """Frozen-feature linear probe and kNN on the test split.
+  """Frozen-feature linear probe and kNN on the eval split (`config.eval_split`).
 
   Returns:
     {"linear_probe_accuracy", "linear_probe_train_accuracy", "linear_probe_curve",
@@ -385,8 +380,9 @@ def evaluate(exp: Experiment, state) -> Dict[str, Any]:
   put = exp.put if exp.mesh is not None else None
   train = eval_lib.extract_features(feature_fn, params, batch_stats,
                                     exp.eval_loader(exp.train_source, exp.label_fn), put=put)
-  test = eval_lib.extract_features(feature_fn, params, batch_stats,
-                                   exp.eval_loader(exp.test_source), put=put)
+  test = eval_lib.extract_features(feature_fn, params, batch_stats,   # config.eval_split
+                                   exp.eval_loader(exp.eval_source, exp.eval_label_fn),
+                                   put=put)
   lp = config.linear_probe
   probe = eval_lib.linear_probe(
       train["features"], train["label"], test["features"], test["label"],

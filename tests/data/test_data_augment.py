@@ -170,3 +170,43 @@ def test_spec_augment_masks_bands_with_the_mean():
   if rows.size:  # One contiguous band of whole rows set to the mean.
     assert np.array_equal(rows, np.arange(rows[0], rows[-1] + 1))
     np.testing.assert_allclose(out[rows], float(spec.mean()))
+
+
+def _full_frame(**kw):
+  """Views with the crop covering the whole image and no colour change (flip only)."""
+  return _aug_fn(num_views=4, crop_scale=(1.0, 1.0), jitter_prob=0.0, gray_prob=0.0,
+                 **kw)
+
+
+def test_flip_prob_zero_never_mirrors_and_one_always_mirrors():
+  images = _images(c=1, seed=4)                         # random pixels: not symmetric
+  plain = np.asarray(augment.normalize_images(images))  # [B, H, W, C]
+  mirrored = plain[:, :, ::-1]
+  for seed in range(4):                                 # 4 keys x 4 images x 4 views
+    key = jax.random.key(seed)
+    never = np.asarray(_full_frame(flip_prob=0.0)(key, images))
+    always = np.asarray(_full_frame(flip_prob=1.0)(key, images))
+    for v in range(4):
+      np.testing.assert_allclose(never[:, v], plain, atol=1e-5)
+      np.testing.assert_allclose(always[:, v], mirrored, atol=1e-5)
+  # The default (0.5) mirrors some views and not others.
+  half = np.asarray(_full_frame()(jax.random.key(0), images))
+  flipped = [np.allclose(half[i, v], mirrored[i], atol=1e-5)
+             for i in range(B) for v in range(4)]
+  assert any(flipped) and not all(flipped)
+
+
+def test_jitter_strengths_zero_change_nothing_and_bad_values_are_rejected():
+  images = _images(c=3, seed=5)
+  plain = np.asarray(augment.normalize_images(images))
+  views = _aug_fn(num_views=2, crop_scale=(1.0, 1.0), flip_prob=0.0, jitter_prob=1.0,
+                  gray_prob=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)(
+                      jax.random.key(0), images)
+  np.testing.assert_allclose(np.asarray(views)[:, 0], plain, atol=1e-4)
+  strong = _aug_fn(num_views=2, crop_scale=(1.0, 1.0), flip_prob=0.0, jitter_prob=1.0,
+                   gray_prob=0.0, brightness=0.8)(jax.random.key(0), images)
+  assert not np.allclose(np.asarray(strong)[:, 0], plain, atol=1e-2)
+  with pytest.raises(ValueError, match="flip_prob"):
+    augment.augment_images(jax.random.key(0), images, flip_prob=1.5)
+  with pytest.raises(ValueError, match="hue"):
+    augment.augment_images(jax.random.key(0), images, hue=0.7)
