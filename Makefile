@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.projnce_installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: help venv test demo demo-local bench bench-loss clean
+.PHONY: help venv test demo demo-local bench bench-loss clean data
 
 help:
 	@echo "make test   - install into .venv (if needed) and run the test suite"
 	@echo "make demo   - ProjNCE vs SupCon vs cross-entropy on MNIST-5k (CPU, ~7 min) -> runs/demo"
 	@echo "make bench  - train-step benchmark (ProjNCE vs cross-entropy) -> benchmarks/TRAIN_RESULTS.md"
+	@echo "make data   - install Fashion-MNIST and espeak-ng (Debian/Ubuntu apt; root or sudo)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +42,22 @@ bench-loss: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Offline data from Debian packages: Fashion-MNIST's files and the espeak-ng synthesiser
+# behind the spoken_digits dataset. Without apt it says what to install instead.
+DATA_APT_PACKAGES := dataset-fashion-mnist espeak-ng
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v espeak-ng >/dev/null 2>&1; then \
+	  echo "data: dataset-fashion-mnist and espeak-ng are already installed"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "data: apt-get not found. Install the Debian/Ubuntu packages $(DATA_APT_PACKAGES) by other means:"; \
+	  echo "  Fashion-MNIST: put train-images-idx3-ubyte.gz and the three other idx files in a folder and set PROJNCE_FASHION_MNIST_DIR to it"; \
+	  echo "  espeak-ng: install it from your package manager (brew install espeak-ng, ...) or set PROJNCE_ESPEAK to its path"; \
+	  exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y $(DATA_APT_PACKAGES) || { apt-get update && apt-get install -y $(DATA_APT_PACKAGES); }; \
+	elif command -v sudo >/dev/null 2>&1; then \
+	  sudo apt-get install -y $(DATA_APT_PACKAGES) || { sudo apt-get update && sudo apt-get install -y $(DATA_APT_PACKAGES); }; \
+	else \
+	  echo "data: run as root: apt-get install -y $(DATA_APT_PACKAGES)"; exit 1; \
+	fi

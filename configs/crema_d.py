@@ -5,8 +5,8 @@ Command:   python main.py --config=configs/crema_d.py --workdir=runs/crema_d
 Data:      prepare once with internet: python -m projnce_jax.data.prepare --dataset=crema_d
 Hardware:  1-8 accelerators, bfloat16; batch 512.
 Time:      estimated under 1 hour for 200 epochs on one GPU (not measured here).
-Expected:  linear-probe accuracy about 55-65% (6-way emotion, speaker-independent test);
-           no public ProjNCE numbers exist, our measured tables are the reference.
+Expected:  not run here (no accelerator run yet), so no figure is given; a run writes
+           WORKDIR/results.json and report.md.
 """
 from configs.speech_commands import audio_config
 

@@ -6,8 +6,8 @@ Data:      prepare once with internet:
            python -m projnce_jax.data.prepare --dataset=speech_commands
 Hardware:  1-8 accelerators, bfloat16; batch 512.
 Time:      estimated 1-2 hours for 100 epochs on one GPU (not measured here).
-Expected:  linear-probe accuracy about 90-95% for ProjNCE/SupCon and cross-entropy (no
-           public ProjNCE numbers exist; our measured tables are the reference).
+Expected:  not run here (no accelerator run yet), so no figure is given; a run writes
+           WORKDIR/results.json and report.md.
 """
 from projnce_jax.train.config import base_config
 from projnce_jax.train.config import parse_arg
