@@ -5,7 +5,8 @@ Stock TFDS datasets need TensorFlow and internet access for this one step::
   pip install '.[tf]'
   python -m projnce_jax.data.prepare --dataset=cifar10 --data_dir=DIR
 
-Offline datasets (digits, mnist5k, fashion_mnist_local) need neither. Training
+Offline datasets (digits, mnist5k, fashion_mnist_local, spoken_digits) need
+neither (fashion_mnist_local and spoken_digits need Debian packages: ``make data``). Training
 then reads the prepared files without TensorFlow (``load_split``).
 """
 

@@ -71,14 +71,10 @@ def test_prepared_once_and_env_var(tmp_path, monkeypatch):
   assert sources.resolve_data_dir(tmp_path / "x") == str(tmp_path / "x")
 
 
-@pytest.mark.skipif(
-    not builders.fashion_mnist_available(),
-    reason=f"apt package {builders.FASHION_MNIST_APT_PACKAGE} not installed",
-)
-def test_fashion_mnist_local(tmp_path):
+def test_fashion_mnist_local(fashion_dir):
   info = sources.get_info("fashion_mnist_local")
-  train = sources.load_split("fashion_mnist_local", "train", data_dir=tmp_path)
-  test = sources.load_split("fashion_mnist_local", "test", data_dir=tmp_path)
+  train = sources.load_split("fashion_mnist_local", "train", data_dir=fashion_dir)
+  test = sources.load_split("fashion_mnist_local", "test", data_dir=fashion_dir)
   _check_split(train, info, 60000)
   _check_split(test, info, 10000)
   np.testing.assert_array_equal(np.bincount(sources.source_labels(test)), [1000] * 10)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from projnce_jax.data import pipeline
+from projnce_jax.data import sources
 from projnce_jax.data import splits
 
 
@@ -90,3 +91,15 @@ def test_indexed_source_maps_positions():
   sub = splits.IndexedSource(base, np.array([7, 2, 5]))
   assert len(sub) == 3 and sub[0]["x"] == 70
   assert [r["x"] for r in sub.__getitems__([2, 1])] == [50, 20]
+
+
+def test_fashion_mnist_10k_subset_with_validation(fashion_dir):
+  s = splits.make_splits("fashion_mnist_local", data_dir=fashion_dir, train_subset=10000,
+                         val_fraction=0.1, in_memory=True)
+  assert len(s.train) == 10000 and len(s.validation) == 6000 and len(s.test) == 10000
+  np.testing.assert_array_equal(np.bincount(s.clean_labels["train"]), [1000] * 10)
+  np.testing.assert_array_equal(np.bincount(s.clean_labels["validation"]), [600] * 10)
+  assert not set(s.train_positions) & set(s.validation_positions)
+  assert s.train[0]["image"].shape == (28, 28, 1)
+  # The flip stays on for clothes (only the digit datasets turn it off).
+  assert sources.get_info("fashion_mnist_local").flip_prob == 0.5
