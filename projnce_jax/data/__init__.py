@@ -7,6 +7,7 @@ Example::
   train = data.load_split("mnist5k", "train")          # prepared on first use
   it = data.make_loader(train, batch_size=256, seed=0)
   batch = next(it)                                      # image uint8 [256, 28, 28, 1]
+  s = data.make_splits("mnist5k", val_fraction=0.1)     # train 3,600 / validation 400 / test
   views = data.augment_images(key, batch["image"])      # float32 [256, 2, 28, 28, 1]
 """
 
@@ -30,12 +31,15 @@ from projnce_jax.data.sources import load_split
 from projnce_jax.data.sources import resolve_data_dir
 from projnce_jax.data.sources import source_labels
 from projnce_jax.data.sources import to_memory
+from projnce_jax.data.splits import Splits
+from projnce_jax.data.splits import make_splits
 
 __all__ = [
     "ArraySource",
     "BatchIterator",
     "DatasetInfo",
     "DatasetNotPreparedError",
+    "Splits",
     "apply_label_noise",
     "audio_features",
     "augment_audio",
@@ -45,6 +49,7 @@ __all__ = [
     "load_split",
     "log_mel",
     "make_loader",
+    "make_splits",
     "mel_filterbank",
     "noisy_label_fn",
     "normalize_images",
