@@ -291,11 +291,17 @@ def hp_overrides(method: str, hp: Dict[str, float], base_lr: float) -> Dict[str,
   return _nested(METHODS[method], extra)
 
 
+# Values equal to these (the configs' defaults) are left out of cell names, so that the
+# same config reached from two tuning steps is one cached cell.
+DEFAULT_HP = {"lr_factor": 1.0, "beta": 1.0, "bandwidth": 1.0}
+
+
 def hp_name(method: str, hp: Dict[str, float]) -> str:
   """A folder name for a method and its hyperparameters, e.g. "supcon_t0.1"."""
   short = {"lr_factor": "lr", "temperature": "t", "beta": "b", "bandwidth": "bw",
            "num_epochs": "ep"}
-  return "_".join([method] + [f"{short[k]}{hp[k]:g}" for k in sorted(hp)])
+  return "_".join([method] + [f"{short[k]}{hp[k]:g}" for k in sorted(hp)
+                              if DEFAULT_HP.get(k) != hp[k]])
 
 
 def dataset_base_lr(setting: Setting, dataset: str) -> float:
@@ -362,6 +368,8 @@ def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
   entry: Dict[str, Any] = {"complete": False, "by_noise": {}, "scores": {}}
 
   def cell(method, hp, noise, epochs=None):
+    if epochs == setting.num_epochs:
+      epochs = None  # the same cell as the tuning steps'
     full_hp = dict(hp, **({"num_epochs": epochs} if epochs else {}))
     key = (f"stage1/{dataset}/noise{noise:g}/{hp_name(method, full_hp)}/"
            f"seed{setting.tune_seed}")
@@ -456,6 +464,9 @@ def run_stage2(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str
     epochs = tuned.get(ds, {}).get("num_epochs") or setting.num_epochs
     key = f"stage2/{ds}/noise{noise:g}/{m}/seed{seed}"
     planned.append(key)
+    entry = tuned.get(ds, {})
+    if "by_noise" in entry and not entry.get("complete"):
+      continue  # stage 1 is under way: its values would change this cell's config
     config = build_config(setting, ds, hp_overrides(m, hp, dataset_base_lr(setting, ds)),
                           noise, seed, num_epochs=epochs)
     rec = cache.get_or_run(key, config, cell_record)
@@ -761,6 +772,15 @@ def write_markdown(path: str, result: Optional[Dict[str, Any]], *, command: str,
 # The sweep.
 
 
+def _previous_preregistration(out: str) -> Optional[str]:
+  """The preregistration stored by an earlier invocation of this version, if any."""
+  try:
+    with open(os.path.join(out, "results.json")) as f:
+      return json.load(f).get("preregistration")
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", required=True, help="output folder")
@@ -798,7 +818,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   command = " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1]] + sys.argv)
   date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   md_path = os.path.join(args.out, "results.md")
-  if not os.path.exists(os.path.join(args.out, "results.json")):
+  if _previous_preregistration(args.out) != PREREGISTRATION:
+    # Before any cell: the endpoint is on disk ahead of the results (a resumed sweep keeps
+    # its partial tables until this invocation ends).
     write_markdown(md_path, None, command=command, machine=machine, date=date)
   t0 = time.perf_counter()
   cache = _sweep.CellCache(args.out, _sweep.Budget(args.max_cells, args.time_budget_s))
