@@ -25,6 +25,7 @@ Usage::
   python experiments/paper_comparison/run.py --out DIR --time_budget_s 3600
   python experiments/paper_comparison/run.py --out /tmp/pc --smallest   # seconds (tests)
   python experiments/paper_comparison/run.py --out DIR --readme         # README tables
+  python experiments/paper_comparison/run.py --out DIR --stage 2 --allow_untuned  # defaults
 
 Resuming: every finished cell is stored as OUT/cells/<stage>/<dataset>/noise<n>/<name>/
 seed<s>.json (small, committed); trainer folders are OUT/runs/... (ignored by git). Rerun
@@ -456,8 +457,13 @@ def stage2_grid(setting: Setting, datasets: Sequence[str]):
 
 
 def run_stage2(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str],
-               tuned: Dict[str, Any], planned: List[str]) -> List[Dict[str, Any]]:
-  """Stage-2 cells (finished ones only) as flat records with their grid coordinates."""
+               tuned: Dict[str, Any], planned: List[str], allow_untuned: bool = False
+               ) -> List[Dict[str, Any]]:
+  """Stage-2 cells (finished ones only) as flat records with their grid coordinates.
+
+  A dataset's cells wait until its stage 1 is complete; with `allow_untuned`, a dataset
+  whose stage 1 cannot run (or has not started) uses the default hyperparameters.
+  """
   cells = []
   for ds, noise, m, seed in stage2_grid(setting, datasets):
     hp, was_tuned = stage2_hp(tuned, ds, m, noise)
@@ -465,8 +471,8 @@ def run_stage2(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str
     key = f"stage2/{ds}/noise{noise:g}/{m}/seed{seed}"
     planned.append(key)
     entry = tuned.get(ds, {})
-    if "by_noise" in entry and not entry.get("complete"):
-      continue  # stage 1 is under way: its values would change this cell's config
+    if not entry.get("complete") and ("by_noise" in entry or not allow_untuned):
+      continue  # stage 1 is under way (its values would change this config) or not run
     config = build_config(setting, ds, hp_overrides(m, hp, dataset_base_lr(setting, ds)),
                           noise, seed, num_epochs=epochs)
     rec = cache.get_or_run(key, config, cell_record)
@@ -722,10 +728,13 @@ def write_markdown(path: str, result: Optional[Dict[str, Any]], *, command: str,
         f"cells/; wall time {result['wall_seconds']:.0f} s; mean trained-cell time "
         + (f"{result['mean_cell_seconds']:.1f} s" if result["mean_cell_seconds"] else "-")
         + "). The plan counts only the steps reachable so far: stage-1 steps after an "
-        "unfinished one are planned once it is done.", ""]
+        "unfinished one are planned once it is done. Stage-2 cells of a dataset wait "
+        "until its stage 1 is complete (unless --allow_untuned).", ""]
     for ds, why in result["skipped"].items():
       lines.append(f"- {ds}: skipped ({why}).")
-    if result["skipped"]:
+    for ds in result["waiting_for_stage1"]:
+      lines.append(f"- {ds}: stage 2 waits for a complete stage 1 (or --allow_untuned).")
+    if result["skipped"] or result["waiting_for_stage1"]:
       lines.append("")
     lines += [
         f"Set-up ({s['name']}): image datasets small_cnn {tuple(s['widths'])}, extra_convs "
@@ -792,6 +801,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="start no new cell after this many seconds")
   p.add_argument("--smallest", action="store_true",
                  help="a tiny setting (seconds; the tests run it)")
+  p.add_argument("--allow_untuned", action="store_true",
+                 help="run stage 2 with default hyperparameters where stage 1 is not done "
+                 "(its verdicts then say not tested at adequate scale)")
   p.add_argument("--readme", action="store_true",
                  help="print the README tables from OUT/results.json and exit")
   return p.parse_args(argv)
@@ -854,9 +866,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       skipped[ds] = why
     else:
       run2.append(ds)
+  allow_untuned = args.allow_untuned or args.smallest
+  waiting = [ds for ds in run2 if not tuned.get(ds, {}).get("complete") and (
+      "by_noise" in tuned.get(ds, {}) or not allow_untuned)]
   if 2 in stages:
-    print(f"stage 2: {run2}", flush=True)
-    cells = run_stage2(cache, setting, run2, tuned, planned2)
+    print(f"stage 2: {run2}" + (f"; waiting for a complete stage 1: {waiting}"
+                                 if waiting else ""), flush=True)
+    cells = run_stage2(cache, setting, run2, tuned, planned2,
+                       allow_untuned=allow_untuned)
   else:
     planned2 = [f"stage2/{ds}/noise{n:g}/{m}/seed{s}"
                 for ds, n, m, s in stage2_grid(setting, run2)]
@@ -872,6 +889,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       "setting": dataclasses.asdict(setting),
       "methods_by_dataset": {d: list(setting.methods_by_dataset[d]) for d in datasets},
       "datasets": datasets, "skipped": skipped, "preregistration": PREREGISTRATION,
+      "waiting_for_stage1": waiting if 2 in stages else [],
       "tuned": {d: tuned[d] for d in datasets if d in tuned and "by_noise" in tuned[d]},
       "stage1_skipped": {d: tuned[d]["stage1_skipped"] for d in datasets
                          if "stage1_skipped" in tuned.get(d, {})},

@@ -162,11 +162,12 @@ class _FakeCache:
   """Scores a stage-1 cell from its config; None once `budget` cells are exhausted."""
 
   def __init__(self, score, budget=None):
-    self.score, self.budget, self.keys = score, budget, []
+    self.score, self.budget, self.keys, self.configs = score, budget, [], {}
 
   def get_or_run(self, key, config, extract):
     del extract
     self.keys.append(key)
+    self.configs[key] = config
     if self.budget is not None and len(set(self.keys)) > self.budget:
       return None
     return {"status": "ok", "linear_probe_accuracy": self.score(config)}
@@ -241,3 +242,28 @@ def test_cell_cache_retrains_a_changed_config(tmp_path, monkeypatch):
   assert cache.stale == 1 and len(calls) == 2 and calls[0] != calls[1]
   # The budget (2 new cells) is spent: an unfinished cell is not trained.
   assert cache.get_or_run("a/c", c1, extract) is None and len(calls) == 2
+
+
+def test_stage2_waits_for_stage1(monkeypatch):
+  monkeypatch.setattr(pc, "build_config", lambda *a, **k: ml_collections.ConfigDict(
+      {"overrides": json.dumps(a[2], sort_keys=True), "seed": a[4]}))
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  cache = _FakeCache(lambda c: 0.5)
+  setting = pc.SMALLEST
+  n = len(setting.noises) * len(setting.seeds) * len(setting.methods_by_dataset["mnist5k"])
+  under_way = {"mnist5k": {"complete": False, "by_noise": {}}}
+  for allow in (False, True):  # a stage 1 under way holds stage 2 back either way
+    planned = []
+    assert pc.run_stage2(cache, setting, ["mnist5k"], under_way, planned, allow) == []
+    assert len(planned) == n
+  assert pc.run_stage2(cache, setting, ["mnist5k"], {}, [], allow_untuned=False) == []
+  cells = pc.run_stage2(cache, setting, ["mnist5k"], {}, [], allow_untuned=True)
+  assert len(cells) == n and not any(c["tuned"] for c in cells)
+  done = {"mnist5k": {"complete": True, "num_epochs": 30, "by_noise": {
+      "0.4": {"supcon": {"temperature": 0.2}}}}}
+  cells = pc.run_stage2(cache, setting, ["mnist5k"], done, [])
+  supcon = [c for c in cells if c["method"] == "supcon"]
+  assert all(c["tuned"] and c["hyperparameters"] == {"temperature": 0.2} for c in supcon)
+  for c in supcon:  # the tuned value reaches the cell's config
+    assert json.loads(cache.configs[c["key"]].overrides)["loss"] == {"temperature": 0.2}
+  assert not any(c["tuned"] for c in cells if c["method"] != "supcon")
