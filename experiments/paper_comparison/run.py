@@ -644,7 +644,8 @@ def readme_tables(result: Dict[str, Any]) -> str:
   prog = result["progress"]
   lines = [f"**Cross-entropy vs SupCon vs ProjNCE, tuned on validation, paired seeds** "
            f"(`{result['command']}`; {result['machine']['cpu_count']}-core "
-           f"{result['machine']['machine']}, load {result['machine']['load_average'][0]:.1f}, "
+           f"{result['machine']['machine']}, load average {result['machine']['load_average'][0]:.1f} "
+           f"at the start, "
            f"{result['date']}; stage 2: {prog['stage2_done']} of {prog['stage2_planned']} "
            f"cells done; mean +- sd over seeds, test accuracy %):", ""]
   for ds in result["datasets"]:
@@ -652,7 +653,9 @@ def readme_tables(result: Dict[str, Any]) -> str:
     if skip:
       lines += [f"*{ds}*: not run ({skip}).", ""]
       continue
-    lines += [f"*{ds}* ({result['epochs_by_dataset'].get(ds) or '-'} epochs):", "",
+    length = (f"{result['setting']['num_steps']} steps" if result["setting"]["num_steps"]
+              else f"{result['epochs_by_dataset'].get(ds) or '-'} epochs")
+    lines += [f"*{ds}* ({length}):", "",
               report.results_table(accuracy_rows(result, ds), TABLE_COLUMNS), ""]
   rows = contrast_rows(result, only_primary_metric=True)
   if rows:
