@@ -23,7 +23,7 @@ Usage::
   python experiments/paper_comparison/run.py --out DIR --stage 1 --datasets mnist5k
   python experiments/paper_comparison/run.py --out DIR --max_cells 20   # a partial sitting
   python experiments/paper_comparison/run.py --out DIR --time_budget_s 3600
-  python experiments/paper_comparison/run.py --out /tmp/pc --smallest   # seconds (tests)
+  python experiments/paper_comparison/run.py --out /tmp/pc --smallest   # tiny (what the tests run)
   python experiments/paper_comparison/run.py --out DIR --readme         # README tables
   python experiments/paper_comparison/run.py --out DIR --stage 2 --allow_untuned  # defaults
 
@@ -803,7 +803,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--time_budget_s", type=float, default=None,
                  help="start no new cell after this many seconds")
   p.add_argument("--smallest", action="store_true",
-                 help="a tiny setting (seconds; the tests run it)")
+                 help="a tiny setting (what the tests run)")
   p.add_argument("--allow_untuned", action="store_true",
                  help="run stage 2 with default hyperparameters where stage 1 is not done "
                  "(its verdicts then say not tested at adequate scale)")
