@@ -1,25 +1,37 @@
-"""Cross-entropy vs SupCon vs ProjNCE projections under label noise, several seeds.
+"""Cross-entropy vs SupCon vs ProjNCE under label noise: tuned on validation, paired seeds.
 
-Grid: method in {cross_entropy, supcon, projnce with g+ in {centroid, median, kernel,
-orthogonal, mlp} (g- = sample, beta = 1)} x label noise {0, 0.3} (symmetric) x seeds
-{0, 1, 2}, on mnist5k with a small CNN trained for a few epochs (a CPU-sized version of the
-paper's comparison). Every cell is one call of the trainer (`projnce_jax.train`): pretrain,
-then linear probe and cosine kNN on the frozen encoder features (test split).
+Two stages, every cell one call of the trainer (`projnce_jax.train.train_and_evaluate`):
+
+* Stage 1 (tuning, `eval_split="validation"`, one seed, per dataset and noise level):
+  the learning rate of cross-entropy, the temperature of every contrastive method, then beta
+  of every ProjNCE projection and the bandwidth of the kernel projection (coordinate-wise,
+  each step at the values chosen before it), then the training length: the shortest of
+  `epoch_choices` whose validation linear-probe accuracy (mean over cross-entropy, SupCon and
+  ProjNCE-centroid at the highest noise) is within `length_tolerance` of the best. The chosen
+  values go to OUT/tuned.json. The test split is never read in stage 1.
+* Stage 2 (evaluation on the test split): per dataset, its methods x label noise x paired
+  seeds with the stage-1 values; seed s sets the initialisation, the data order and the
+  label-noise draw, and is shared by all methods (so the contrasts are paired).
+
+The primary endpoint is fixed in `PREREGISTRATION`, written into results.md before any cell
+of the sweep is trained. Contrasts are paired mean differences over seeds with 95%
+t-intervals; the verdict is read from the interval.
 
 Usage::
 
   python experiments/paper_comparison/run.py --out experiments/paper_comparison
-  python experiments/paper_comparison/run.py --out /tmp/pc --small        # seconds
-  python experiments/paper_comparison/run.py --out DIR --datasets mnist5k,fashion_mnist_local
+  python experiments/paper_comparison/run.py --out DIR --stage 1 --datasets mnist5k
+  python experiments/paper_comparison/run.py --out DIR --max_cells 20   # a partial sitting
+  python experiments/paper_comparison/run.py --out DIR --time_budget_s 3600
+  python experiments/paper_comparison/run.py --out /tmp/pc --smallest   # tiny (what the tests run)
+  python experiments/paper_comparison/run.py --out DIR --readme         # README tables
+  python experiments/paper_comparison/run.py --out DIR --stage 2 --allow_untuned  # defaults
 
-Each cell trains in OUT/runs/<dataset>/noise<rate>/<method>/seed<s>; a cell whose
-results.json exists is not run again, so an interrupted sweep resumes where it stopped (a
-half-trained cell resumes from its last checkpoint). Writes OUT/results.md (tables and the
-verdict computed here), OUT/results.json and OUT/accuracy.png.
-
-Verdict rule: two cells differ beyond the seed spread when |mean difference| > 2 * pooled
-standard deviation, pooled sd = sqrt((s_a^2 + s_b^2) / 2) over the seeds of each. The
-Welch t-test p-value is listed beside it (with 3 seeds it has little power).
+Resuming: every finished cell is stored as OUT/cells/<stage>/<dataset>/noise<n>/<name>/
+seed<s>.json (small, committed); trainer folders are OUT/runs/... (ignored by git). Rerun
+the same command to continue; finished cells are read back, a half-trained cell resumes
+from its checkpoint, and a cell whose config changed is trained again. results.md always
+says how many of the planned cells are done.
 """
 
 from __future__ import annotations
@@ -30,189 +42,460 @@ import datetime
 import json
 import math
 import os
-import platform
 import shlex
-import shutil
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(os.path.dirname(_HERE))
+sys.path.insert(0, os.path.dirname(_HERE))
+import _sweep  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Re-exported for experiments that reuse this sweep's cell runner and statistics.
+machine_info = _sweep.machine_info
+enable_compilation_cache = _sweep.enable_compilation_cache
+run_cell = _sweep.run_cell
+mean_std = _sweep.mean_std
+
+PROJECTIONS = ("centroid", "median", "kernel", "orthogonal", "mlp")
 METHODS: Dict[str, Dict[str, Any]] = {
     "cross_entropy": {"method": "cross_entropy"},
     "supcon": {"method": "supcon"},
     **{f"projnce_{p}": {"method": "projnce",
                         "loss": {"positive": p, "negative": "sample", "beta": 1.0}}
-       for p in ("centroid", "median", "kernel", "orthogonal", "mlp")},
+       for p in PROJECTIONS},
 }
-SPREAD = 2.0  # pooled standard deviations for "beyond the seed spread"
+PRIMARY_DATASET = "mnist5k"
+PRIMARY_NOISE = 0.4
+PRIMARY_METRIC = "linear_probe_accuracy"
+PRIMARY_TARGET = "projnce_centroid"
+PRIMARY_REFERENCES = ("supcon", "cross_entropy")
+PREREGISTERED_SEEDS = 5
+MIN_EPOCHS = 20
+SPREAD = 2.0  # pooled sds of `compare` (kept for experiments that use that rule)
+
+PREREGISTRATION = f"""\
+## Preregistration (fixed before the sweep; written by the script from a constant)
+
+- Primary endpoint: linear-probe test accuracy (frozen encoder features; probe trained on
+  the noisy training labels, the trainer's `{PRIMARY_METRIC}`; clean test labels) on
+  {PRIMARY_DATASET} at symmetric label noise {PRIMARY_NOISE:g}.
+- Primary contrasts: {PRIMARY_TARGET} minus supcon, and {PRIMARY_TARGET} minus
+  cross_entropy, as paired mean differences over {PREREGISTERED_SEEDS} seeds (seed s is shared
+  by all methods: initialisation, data order, label-noise draw), with two-sided 95%
+  t-intervals (mean +- t_0.975,n-1 * sd / sqrt(n)).
+- Hyperparameters: chosen in stage 1 on the validation split only (one seed), then frozen.
+  Training length: at least {MIN_EPOCHS} epochs, chosen from the validation accuracy.
+- Reading: an interval above 0 means {PRIMARY_TARGET} is better, below 0 worse, an interval
+  containing 0 means no difference is resolved. With fewer than {PREREGISTERED_SEEDS} paired
+  seeds, fewer than {MIN_EPOCHS} epochs or untuned hyperparameters the verdict is "not
+  tested at adequate scale".
+- Secondary (reported, not confirmatory): the same contrasts at noise 0, and on
+  fashion_mnist_local (10,000 training images) and spoken_digits at both noise levels;
+  kNN; probe and kNN trained on the clean training labels; the held-out MI bound; every
+  other method's accuracy.
+"""
 
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-  """The training scale and the grid.
+  """The training scale, the grids and the tuning ranges.
 
   Attributes:
-    widths: small_cnn channels per stage.
+    name: "full" or "smallest".
+    widths: small_cnn channels per stage (image datasets).
     extra_convs: stride-1 convolutions per stage after the first.
     batch_size: examples per step (two views each).
-    num_epochs: pretraining epochs (ignored when num_steps is set).
-    num_steps: pretraining steps, or None.
-    base_lr: SGD learning rate per 256 examples.
+    num_epochs: pretraining epochs when stage 1 has not chosen a length.
+    num_steps: pretraining steps (overrides every epoch count), or None.
+    base_lr: SGD learning rate per 256 examples (image datasets).
     crop_scale: random-resized-crop area range.
     probe_epochs: linear-probe epochs.
-    methods: keys of METHODS.
+    methods: keys of METHODS, per dataset.
     noises: symmetric label-noise rates.
-    seeds: training seeds (also the label-noise seed).
+    seeds: stage-2 seeds (paired across methods).
     checkpoint_every: steps between checkpoints.
+    tune_seed: the stage-1 seed.
+    tune_noises: noise rates stage 1 tunes at (each stage-2 noise uses the nearest one).
+    temperatures: stage-1 grid for the contrastive methods.
+    lr_factors: stage-1 grid for cross-entropy, multiples of the dataset's base lr.
+    betas: stage-1 grid for ProjNCE.
+    bandwidths: stage-1 grid for the kernel projection.
+    epoch_choices: stage-1 training lengths (epochs).
+    length_methods: methods whose mean validation accuracy chooses the length.
+    length_tolerance: accuracy (fraction) below the best that a shorter length may lose.
+    fashion_subset: dataset.train_subset of fashion_mnist_local.
   """
+  name: str = "full"
   widths: Tuple[int, ...] = (16, 32, 64)
   extra_convs: int = 1
   batch_size: int = 128
-  num_epochs: int = 6
+  num_epochs: int = 20
   num_steps: Optional[int] = None
   base_lr: float = 0.2
   crop_scale: Tuple[float, float] = (0.5, 1.0)
   probe_epochs: int = 30
-  methods: Tuple[str, ...] = tuple(METHODS)
-  noises: Tuple[float, ...] = (0.0, 0.3)
-  seeds: Tuple[int, ...] = (0, 1, 2)
-  checkpoint_every: int = 100
+  methods: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+      ("mnist5k", tuple(METHODS)),
+      ("fashion_mnist_local", ("cross_entropy", "supcon", "projnce_centroid",
+                               "projnce_kernel", "projnce_mlp")),
+      ("spoken_digits", ("cross_entropy", "supcon", "projnce_centroid", "projnce_kernel",
+                         "projnce_mlp")))
+  noises: Tuple[float, ...] = (0.0, 0.4)
+  seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)
+  checkpoint_every: int = 200
+  tune_seed: int = 100
+  tune_noises: Tuple[float, ...] = (0.0, 0.4)
+  temperatures: Tuple[float, ...] = (0.05, 0.1, 0.2)
+  lr_factors: Tuple[float, ...] = (0.5, 1.0, 2.0)
+  betas: Tuple[float, ...] = (0.5, 1.0, 2.0)
+  bandwidths: Tuple[float, ...] = (0.5, 1.0, 2.0)
+  epoch_choices: Tuple[int, ...] = (20, 30, 40)
+  length_methods: Tuple[str, ...] = ("cross_entropy", "supcon", "projnce_centroid")
+  length_tolerance: float = 0.005
+  fashion_subset: int = 10000
+
+  @property
+  def methods_by_dataset(self) -> Dict[str, Tuple[str, ...]]:
+    return dict(self.methods)
+
+  @property
+  def datasets(self) -> Tuple[str, ...]:
+    return tuple(d for d, _ in self.methods)
 
 
 FULL = Setting()
-SMALL = dataclasses.replace(
-    FULL, widths=(8, 16), extra_convs=0, batch_size=64, num_steps=3, probe_epochs=2,
-    methods=("supcon", "projnce_centroid"), noises=(0.3,), seeds=(0,), checkpoint_every=3)
+SMALLEST = Setting(
+    name="smallest", widths=(8, 16), extra_convs=0, batch_size=64, num_epochs=1,
+    num_steps=3, probe_epochs=2,
+    methods=(("mnist5k", ("cross_entropy", "supcon", "projnce_centroid")),),
+    noises=(0.4,), seeds=(0, 1), checkpoint_every=3, tune_noises=(0.4,),
+    temperatures=(0.1, 0.2), lr_factors=(1.0,), betas=(1.0,), bandwidths=(1.0,),
+    epoch_choices=(1,), length_methods=("supcon", "projnce_centroid"))
+SMALL = SMALLEST  # the name used by experiments that import this module
 
 
 # ----------------------------------------------------------------------------------------
-# Machine and JAX set-up.
+# Configs.
 
 
-def machine_info() -> Dict[str, Any]:
-  """Architecture, CPU count, load average and JAX devices of this machine."""
-  import jax  # pylint: disable=g-import-not-at-top
-  load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-  return {"machine": platform.machine(), "cpu_count": os.cpu_count(),
-          "load_average": [round(x, 2) for x in load], "python": platform.python_version(),
-          "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
+def available_fields() -> set:
+  """Dotted names of every field of the trainer's base config."""
+  from projnce_jax import train  # pylint: disable=g-import-not-at-top
+  out = set()
+
+  def walk(node, prefix):
+    for k in node.keys():
+      out.add(prefix + k)
+      if hasattr(node[k], "keys") and not isinstance(node[k], dict):
+        walk(node[k], prefix + k + ".")
+
+  walk(train.base_config(), "")
+  return out
 
 
-def enable_compilation_cache(path: str) -> None:
-  """Caches compiled XLA programs on disk: the cells share shapes, so most load, not compile."""
-  import jax  # pylint: disable=g-import-not-at-top
-  os.makedirs(path, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+def dataset_skip_reason(dataset: str, stage: int) -> Optional[str]:
+  """Why `dataset` cannot run in `stage` with this checkout, or None when it can."""
+  from projnce_jax.data import sources  # pylint: disable=g-import-not-at-top
+  fields = available_fields()
+  if stage == 1 and "eval_split" not in fields:
+    return ("the trainer config has no `eval_split` field, so tuning would read the test "
+            "split; stage 1 needs the validation split")
+  if dataset not in sources.list_datasets():
+    return f"dataset {dataset!r} is not registered in projnce_jax.data"
+  if dataset == "fashion_mnist_local" and "dataset.train_subset" not in fields:
+    return ("the trainer config has no `dataset.train_subset` field (the 10,000-image "
+            "subset)")
+  if dataset == "spoken_digits" and not os.path.exists(
+      os.path.join(_ROOT, "configs", "spoken_digits.py")):
+    return "configs/spoken_digits.py does not exist"
+  return None
 
 
-# ----------------------------------------------------------------------------------------
-# One cell.
+def _dataset_base(setting: Setting, dataset: str):
+  """The trainer config every cell of `dataset` starts from (unlocked copy)."""
+  from projnce_jax import train  # pylint: disable=g-import-not-at-top
+  if dataset == "spoken_digits":
+    module = _sweep.load_module(os.path.join(_ROOT, "configs", "spoken_digits.py"),
+                                "configs_spoken_digits")
+    c = train.apply_overrides(module.get_config(None), {
+        "model": {"widths": tuple(setting.widths), "dtype": "float32"}})
+    return c
+  c = train.base_config()
+  c.dataset.augment.crop_scale = tuple(setting.crop_scale)
+  c = train.apply_overrides(c, {
+      "dataset": {"name": dataset},
+      "model": {"name": "small_cnn", "widths": tuple(setting.widths),
+                "extra_convs": setting.extra_convs},
+      "optimizer": {"base_lr": setting.base_lr}})
+  if dataset == "fashion_mnist_local":
+    c = train.apply_overrides(c, {"dataset": {"train_subset": setting.fashion_subset}})
+  return c
 
 
 def build_config(setting: Setting, dataset: str, overrides: Dict[str, Any], noise: float,
-                 seed: int):
-  """The trainer config of one cell: base_config + this setting + the method overrides."""
+                 seed: int, *, eval_split: Optional[str] = None,
+                 num_epochs: Optional[int] = None):
+  """The locked trainer config of one cell.
+
+  Args:
+    setting: scale and grids.
+    dataset: dataset name.
+    overrides: the method's (and tuned values') nested overrides.
+    noise: symmetric label-noise rate of the training labels.
+    seed: run seed (initialisation, data order, label noise).
+    eval_split: "validation" or "test" (set only when given; the field must exist).
+    num_epochs: training length (default: setting.num_epochs).
+
+  Raises:
+    KeyError: an override names a field this trainer config does not have.
+  """
   from projnce_jax import train  # pylint: disable=g-import-not-at-top
-  c = train.base_config()
-  c.dataset.augment.crop_scale = tuple(setting.crop_scale)
+  c = _dataset_base(setting, dataset)
   common = {
-      "dataset": {"name": dataset, "in_memory": True, "label_noise": float(noise)},
-      "model": {"name": "small_cnn", "widths": tuple(setting.widths),
-                "extra_convs": setting.extra_convs},
-      "optimizer": {"base_lr": setting.base_lr},
-      "batch_size": setting.batch_size, "num_epochs": setting.num_epochs,
+      "dataset": {"in_memory": True, "label_noise": float(noise)},
+      "batch_size": setting.batch_size,
+      "num_epochs": int(num_epochs or setting.num_epochs),
       "num_steps": setting.num_steps, "linear_probe": {"epochs": setting.probe_epochs},
       "log_every": 10, "checkpoint_every": setting.checkpoint_every,
       "report": {"tsne": False}, "progress": False, "seed": int(seed),
   }
+  if eval_split is not None:
+    common["eval_split"] = eval_split
   c = train.apply_overrides(c, common)
   c = train.apply_overrides(c, overrides)
   c.lock()
   return c
 
 
-def cell_dir(out: str, dataset: str, noise: float, name: str, seed: int) -> str:
-  return os.path.join(out, "runs", dataset, f"noise{noise:g}", name, f"seed{seed}")
+def _nested(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
+  out = json.loads(json.dumps(base))
+  for k, v in extra.items():
+    if isinstance(v, dict):
+      out[k] = _nested(out.get(k, {}), v)
+    else:
+      out[k] = v
+  return out
 
 
-def _cell_record(res: Dict[str, Any], **keys) -> Dict[str, Any]:
-  fields = ("linear_probe_accuracy", "knn_accuracy", "mi_lower_bound", "final_loss",
-            "infonce_term", "adjustment", "online_probe_accuracy", "steps", "epochs",
-            "train_seconds")
-  return dict(keys, **{k: res.get(k) for k in fields})
+def hp_overrides(method: str, hp: Dict[str, float], base_lr: float) -> Dict[str, Any]:
+  """Method overrides plus hyperparameters {"lr_factor", "temperature", "beta", "bandwidth"}."""
+  extra: Dict[str, Any] = {}
+  if "lr_factor" in hp:
+    extra["optimizer"] = {"base_lr": base_lr * hp["lr_factor"]}
+  loss = {k: hp[k] for k in ("temperature", "beta", "bandwidth") if k in hp}
+  if loss:
+    extra["loss"] = loss
+  return _nested(METHODS[method], extra)
 
 
-def run_cell(config, workdir: str, *, hooks: Sequence[Callable] = (),
-             done: Optional[Callable[[str], bool]] = None) -> Tuple[Dict[str, Any], bool]:
-  """Trains and evaluates one cell unless it has finished before.
+# Values equal to these (the configs' defaults) are left out of cell names, so that the
+# same config reached from two tuning steps is one cached cell.
+DEFAULT_HP = {"lr_factor": 1.0, "beta": 1.0, "bandwidth": 1.0}
 
-  Args:
-    config: the cell's config.
-    workdir: its folder.
-    hooks: trainer hooks (hook(step, state, record)).
-    done: extra completion test on the folder (besides results.json).
 
-  Returns:
-    (the trainer's results dict plus "status" and "wall_seconds", whether it ran now).
-  """
-  from projnce_jax import train  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "results.json")
-  if os.path.exists(path):
-    if done is None or done(workdir):
-      with open(path) as f:
-        return json.load(f), False
-    shutil.rmtree(workdir)  # finished training but not the extra outputs: start over
-  t0 = time.perf_counter()
-  try:
-    res = train.train_and_evaluate(config, workdir, hooks=hooks)
-    res["status"] = "ok"
-  except FloatingPointError as e:  # a diverged cell is a result, not a crash of the sweep
-    res = {"status": "diverged", "error": str(e)}
-  res["wall_seconds"] = time.perf_counter() - t0
-  with open(path + ".tmp", "w") as f:
-    json.dump(res, f, indent=2)
-  os.replace(path + ".tmp", path)
-  return res, True
+def hp_name(method: str, hp: Dict[str, float]) -> str:
+  """A folder name for a method and its hyperparameters, e.g. "supcon_t0.1"."""
+  short = {"lr_factor": "lr", "temperature": "t", "beta": "b", "bandwidth": "bw",
+           "num_epochs": "ep"}
+  return "_".join([method] + [f"{short[k]}{hp[k]:g}" for k in sorted(hp)
+                              if DEFAULT_HP.get(k) != hp[k]])
+
+
+def dataset_base_lr(setting: Setting, dataset: str) -> float:
+  return float(_dataset_base(setting, dataset).optimizer.base_lr)
 
 
 # ----------------------------------------------------------------------------------------
-# Statistics and the verdict.
+# Cell records.
 
 
-def mean_std(values: Sequence[Optional[float]]) -> Dict[str, Any]:
-  """Mean and sample standard deviation (ddof=1) of the finite values."""
-  v = np.array([x for x in values if x is not None and math.isfinite(x)], np.float64)
-  if v.size == 0:
-    return {"mean": None, "std": None, "n": 0}
-  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else None,
-          "n": int(v.size)}
+def _first(res: Dict[str, Any], *keys: str) -> Any:
+  for k in keys:
+    if res.get(k) is not None:
+      return res[k]
+  return None
 
 
-def welch_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
-  """Two-sided Welch t-test p-value (None with fewer than 2 values or zero variance)."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
-    return None
-  return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+def cell_record(res: Dict[str, Any]) -> Dict[str, Any]:
+  """The fields of a trainer results dict that the sweep keeps (missing ones as None)."""
+  return {
+      "linear_probe_accuracy": res.get("linear_probe_accuracy"),
+      "knn_accuracy": res.get("knn_accuracy"),
+      "linear_probe_acc_clean_labels": _first(
+          res, "linear_probe_acc_clean_labels", "linear_probe_accuracy_clean_labels"),
+      "knn_acc_clean_labels": _first(res, "knn_acc_clean_labels",
+                                     "knn_accuracy_clean_labels"),
+      "probe_train_labels": res.get("probe_train_labels"),
+      "heldout_mi_bound": res.get("heldout_mi_bound"),
+      "train_batch_mi_estimate": _first(res, "train_batch_mi_estimate", "mi_lower_bound"),
+      "eval_split": res.get("eval_split"),
+      "final_loss": res.get("final_loss"), "steps": res.get("steps"),
+      "epochs": res.get("epochs"), "train_seconds": res.get("train_seconds"),
+      "error": res.get("error"),
+  }
 
 
-def compare(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
-  """Difference of means of a and b, the 2 * pooled-sd threshold and the verdict."""
-  a = [x for x in a if x is not None]
-  b = [x for x in b if x is not None]
-  if len(a) < 2 or len(b) < 2:
-    return {"diff": None, "threshold": None, "beyond_spread": None, "welch_p": None}
-  diff = float(np.mean(a) - np.mean(b))
-  pooled = math.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
-  return {"diff": diff, "threshold": SPREAD * pooled,
-          "beyond_spread": bool(abs(diff) > SPREAD * pooled), "welch_p": welch_p(a, b)}
+# ----------------------------------------------------------------------------------------
+# Stage 1: tuning on the validation split.
+
+
+class Incomplete(Exception):
+  """A stage-1 step has cells that are not finished yet (budget spent)."""
+
+
+def _score(record: Optional[Dict[str, Any]]) -> float:
+  if record is None:
+    raise Incomplete()
+  v = record.get("linear_probe_accuracy") if record.get("status") == "ok" else None
+  return float(v) if v is not None and math.isfinite(v) else -math.inf
+
+
+def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
+                 planned: List[str]) -> Dict[str, Any]:
+  """Stage 1 for one dataset; returns its entry of tuned.json ("complete" says if done).
+
+  Args:
+    cache: the cell cache.
+    setting: grids.
+    dataset: dataset name.
+    planned: the keys of every cell this stage needs are appended (for done/planned).
+  """
+  methods = setting.methods_by_dataset[dataset]
+  base_lr = dataset_base_lr(setting, dataset)
+  entry: Dict[str, Any] = {"complete": False, "by_noise": {}, "scores": {}}
+
+  def cell(method, hp, noise, epochs=None):
+    if epochs == setting.num_epochs:
+      epochs = None  # the same cell as the tuning steps'
+    full_hp = dict(hp, **({"num_epochs": epochs} if epochs else {}))
+    key = (f"stage1/{dataset}/noise{noise:g}/{hp_name(method, full_hp)}/"
+           f"seed{setting.tune_seed}")
+    planned.append(key)
+    config = build_config(setting, dataset, hp_overrides(method, hp, base_lr), noise,
+                          setting.tune_seed, eval_split="validation", num_epochs=epochs)
+    rec = cache.get_or_run(key, config, cell_record)
+    entry["scores"][key] = None if rec is None else rec.get("linear_probe_accuracy")
+    return rec
+
+  def best(method, noise, candidates):
+    recs = [(hp, cell(method, hp, noise)) for hp in candidates]
+    scores = [_score(r) for _, r in recs]  # raises Incomplete before choosing
+    return recs[int(np.argmax(scores))][0]
+
+  incomplete = False
+  for noise in setting.tune_noises:
+    chosen: Dict[str, Dict[str, float]] = {}
+    try:
+      for m in methods:
+        if m == "cross_entropy":
+          chosen[m] = best(m, noise, [{"lr_factor": f} for f in setting.lr_factors])
+        else:
+          chosen[m] = best(m, noise, [{"temperature": t} for t in setting.temperatures])
+      for m in methods:
+        if m.startswith("projnce_"):
+          chosen[m] = best(m, noise, [dict(chosen[m], beta=b) for b in setting.betas])
+      if "projnce_kernel" in methods:
+        chosen["projnce_kernel"] = best("projnce_kernel", noise, [
+            dict(chosen["projnce_kernel"], bandwidth=w) for w in setting.bandwidths])
+    except Incomplete:
+      incomplete = True
+    entry["by_noise"][f"{noise:g}"] = chosen
+
+  # Training length at the highest tuning noise, with the values chosen there.
+  noise = max(setting.tune_noises)
+  chosen = entry["by_noise"][f"{noise:g}"]
+  length_methods = [m for m in setting.length_methods if m in methods]
+  lengths = {}
+  for epochs in setting.epoch_choices:
+    try:
+      if any(m not in chosen for m in length_methods):
+        raise Incomplete()
+      lengths[epochs] = float(np.mean([_score(cell(m, chosen[m], noise, epochs))
+                                       for m in length_methods]))
+    except Incomplete:
+      incomplete = True
+  entry["length_scores"] = {str(k): v for k, v in lengths.items()}
+  if not incomplete and lengths:
+    top = max(lengths.values())
+    entry["num_epochs"] = min(e for e, v in lengths.items()
+                              if v >= top - setting.length_tolerance)
+  entry["complete"] = not incomplete
+  return entry
+
+
+# ----------------------------------------------------------------------------------------
+# Stage 2: evaluation on the test split.
+
+
+def stage2_hp(tuned: Dict[str, Any], dataset: str, method: str, noise: float
+              ) -> Tuple[Dict[str, float], bool]:
+  """The stage-1 values of (dataset, method) at the tuned noise nearest `noise`.
+
+  Returns:
+    (hyperparameters, whether they were tuned); defaults ({}, False) when stage 1 has not
+    chosen them.
+  """
+  entry = tuned.get(dataset, {})
+  by_noise = entry.get("by_noise", {})
+  if not entry.get("complete") or not by_noise:
+    return {}, False
+  near = min(by_noise, key=lambda n: abs(float(n) - noise))
+  hp = by_noise[near].get(method)
+  return (dict(hp), True) if hp is not None else ({}, False)
+
+
+def stage2_grid(setting: Setting, datasets: Sequence[str]):
+  for ds in datasets:
+    for noise in setting.noises:
+      for m in setting.methods_by_dataset[ds]:
+        for seed in setting.seeds:
+          yield ds, noise, m, seed
+
+
+def run_stage2(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str],
+               tuned: Dict[str, Any], planned: List[str], allow_untuned: bool = False
+               ) -> List[Dict[str, Any]]:
+  """Stage-2 cells (finished ones only) as flat records with their grid coordinates.
+
+  A dataset's cells wait until its stage 1 is complete; with `allow_untuned`, a dataset
+  whose stage 1 cannot run (or has not started) uses the default hyperparameters.
+  """
+  cells = []
+  for ds, noise, m, seed in stage2_grid(setting, datasets):
+    hp, was_tuned = stage2_hp(tuned, ds, m, noise)
+    epochs = tuned.get(ds, {}).get("num_epochs") or setting.num_epochs
+    key = f"stage2/{ds}/noise{noise:g}/{m}/seed{seed}"
+    planned.append(key)
+    entry = tuned.get(ds, {})
+    if not entry.get("complete") and ("by_noise" in entry or not allow_untuned):
+      continue  # stage 1 is under way (its values would change this config) or not run
+    config = build_config(setting, ds, hp_overrides(m, hp, dataset_base_lr(setting, ds)),
+                          noise, seed, num_epochs=epochs)
+    rec = cache.get_or_run(key, config, cell_record)
+    if rec is None:
+      continue
+    cells.append(dict(rec, key=key, dataset=ds, noise=noise, method=m, seed=seed,
+                      hyperparameters=hp, tuned=was_tuned,
+                      num_epochs=None if setting.num_steps else epochs))
+  return cells
+
+
+# ----------------------------------------------------------------------------------------
+# Statistics and verdicts.
+
+METRICS = (("linear_probe_accuracy", "probe (noisy-label probe)"),
+           ("linear_probe_acc_clean_labels", "probe (clean-label probe)"),
+           ("knn_accuracy", "kNN (noisy labels)"),
+           ("knn_acc_clean_labels", "kNN (clean labels)"),
+           ("heldout_mi_bound", "held-out MI bound (nats)"))
 
 
 def summarize(cells: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
-  """Per (dataset, noise, method): mean/std of probe, kNN and MI bound over the seeds."""
+  """Per "dataset|noise|method": mean/sd over seeds of every metric, and values by seed."""
   groups: Dict[str, List[Dict[str, Any]]] = {}
   for c in cells:
     groups.setdefault(f"{c['dataset']}|{c['noise']:g}|{c['method']}", []).append(c)
@@ -222,211 +505,277 @@ def summarize(cells: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     out[key] = {
         "dataset": cs[0]["dataset"], "noise": cs[0]["noise"], "method": cs[0]["method"],
         "seeds": [c["seed"] for c in ok], "diverged": [c["seed"] for c in cs if c not in ok],
-        "linear_probe": mean_std([c["linear_probe_accuracy"] for c in ok]),
-        "knn": mean_std([c["knn_accuracy"] for c in ok]),
-        "mi_lower_bound": mean_std([c["mi_lower_bound"] for c in ok]),
-        "values": {m: [c[k] for c in ok] for m, k in (("linear_probe", "linear_probe_accuracy"),
-                                                       ("knn", "knn_accuracy"))},
+        "tuned": all(c.get("tuned") for c in cs),
+        "by_seed": {m: {str(c["seed"]): c.get(m) for c in ok} for m, _ in METRICS},
+        **{m: mean_std([c.get(m) for c in ok]) for m, _ in METRICS},
     }
   return out
 
 
-def verdict(summary: Dict[str, Dict[str, Any]], setting: Setting,
-            datasets: Sequence[str]) -> Dict[str, Any]:
-  """Every method against SupCon and cross-entropy, and each method's noise drop."""
-  pairs, drops = [], []
+def contrast_verdict(diff: Dict[str, Any], adequate: Tuple[bool, str]) -> str:
+  """The verdict read from a paired interval (or why the contrast is not tested)."""
+  if diff["n"] < 2 or diff["ci_low"] is None:
+    return f"not tested: {diff['n']} paired seed(s), an interval needs 2"
+  if not adequate[0]:
+    return f"not tested at adequate scale ({adequate[1]})"
+  if diff["ci_low"] > 0:
+    return "better: the 95% interval lies above 0"
+  if diff["ci_high"] < 0:
+    return "worse: the 95% interval lies below 0"
+  return "no difference resolved: the 95% interval contains 0"
+
+
+def contrasts(summary: Dict[str, Dict[str, Any]], setting: Setting,
+              datasets: Sequence[str], epochs_by_dataset: Dict[str, Optional[int]]
+              ) -> List[Dict[str, Any]]:
+  """PRIMARY_TARGET minus each reference, per dataset, noise and metric (paired)."""
+  out = []
   for ds in datasets:
     for noise in setting.noises:
-      for ref in ("supcon", "cross_entropy"):
+      t = summary.get(f"{ds}|{noise:g}|{PRIMARY_TARGET}")
+      for ref in PRIMARY_REFERENCES:
         r = summary.get(f"{ds}|{noise:g}|{ref}")
-        if r is None:
+        if t is None or r is None:
           continue
-        for m in setting.methods:
-          s = summary.get(f"{ds}|{noise:g}|{m}")
-          if s is None or m == ref:
-            continue
-          for metric in ("linear_probe", "knn"):
-            pairs.append(dict(dataset=ds, noise=noise, method=m, reference=ref,
-                              metric=metric,
-                              **compare(s["values"][metric], r["values"][metric])))
-    if len(setting.noises) > 1:
-      lo, hi = min(setting.noises), max(setting.noises)
-      for m in setting.methods:
-        a, b = summary.get(f"{ds}|{lo:g}|{m}"), summary.get(f"{ds}|{hi:g}|{m}")
-        if a is None or b is None:
-          continue
-        for metric in ("linear_probe", "knn"):
-          drops.append(dict(dataset=ds, method=m, metric=metric, clean=lo, noisy=hi,
-                            **compare(a["values"][metric], b["values"][metric])))
-  return {"rule": f"|mean difference| > {SPREAD:g} * pooled sd (sd over seeds, ddof=1)",
-          "pairs": pairs, "noise_drops": drops, "widest_spread": widest_spread(summary)}
+        for metric, _ in METRICS[:4]:
+          d = _sweep.paired_difference(t["by_seed"][metric], r["by_seed"][metric])
+          reasons = []
+          if d["n"] < PREREGISTERED_SEEDS:
+            reasons.append(f"{d['n']} of {PREREGISTERED_SEEDS} paired seeds")
+          epochs = epochs_by_dataset.get(ds)
+          if setting.num_steps is not None or (epochs or 0) < MIN_EPOCHS:
+            reasons.append(f"fewer than {MIN_EPOCHS} epochs")
+          if not (t["tuned"] and r["tuned"]):
+            reasons.append("hyperparameters not tuned on validation")
+          adequate = (not reasons, "; ".join(reasons))
+          primary = (ds == PRIMARY_DATASET and noise == PRIMARY_NOISE
+                     and metric == PRIMARY_METRIC)
+          out.append(dict(dataset=ds, noise=noise, target=PRIMARY_TARGET, reference=ref,
+                          metric=metric, primary=primary,
+                          verdict=contrast_verdict(d, adequate), **d))
+  return out
+
+
+def compare(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
+  """Unpaired: difference of means, the 2 * pooled-sd threshold and whether it is beyond it.
+
+  Kept for experiments whose verdict rule is stated this way (experiments/beta_geometry).
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  a = [x for x in a if x is not None]
+  b = [x for x in b if x is not None]
+  if len(a) < 2 or len(b) < 2:
+    return {"diff": None, "threshold": None, "beyond_spread": None, "welch_p": None}
+  diff = float(np.mean(a) - np.mean(b))
+  pooled = math.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
+  p = None
+  if not (np.std(a) == 0 and np.std(b) == 0):
+    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+  return {"diff": diff, "threshold": SPREAD * pooled,
+          "beyond_spread": bool(abs(diff) > SPREAD * pooled), "welch_p": p}
 
 
 # ----------------------------------------------------------------------------------------
 # Outputs.
 
 
-def _pct(stat: Dict[str, Any]) -> str:
-  if stat["mean"] is None:
+def _fmt(stat: Optional[Dict[str, Any]], scale: float = 100.0, digits: int = 2) -> str:
+  if not stat or stat.get("mean") is None:
     return "-"
-  sd = f" +- {100 * stat['std']:.2f}" if stat["std"] is not None else ""
-  return f"{100 * stat['mean']:.2f}{sd}"
+  sd = f" +- {scale * stat['std']:.{digits}f}" if stat.get("std") is not None else ""
+  return f"{scale * stat['mean']:.{digits}f}{sd}"
 
 
-def _nats(stat: Dict[str, Any]) -> str:
-  if stat["mean"] is None:
-    return "-"
-  sd = f" +- {stat['std']:.3f}" if stat["std"] is not None else ""
-  return f"{stat['mean']:.3f}{sd}"
+def _signed(x: Optional[float]) -> str:
+  return "-" if x is None else f"{100 * x:+.2f}"
 
 
-def accuracy_table(summary: Dict[str, Dict[str, Any]], setting: Setting, dataset: str) -> List[str]:
-  """Markdown rows: method x noise, probe and kNN (%), MI bound (nats)."""
-  head = "| method |" + "".join(
-      f" probe, noise {n:g} | kNN, noise {n:g} | MI bound, noise {n:g} |" for n in setting.noises)
-  lines = [head, "|---|" + "---|---|---|" * len(setting.noises)]
-  for m in setting.methods:
-    row = f"| {m} |"
-    for n in setting.noises:
-      s = summary.get(f"{dataset}|{n:g}|{m}")
-      if s is None:
-        row += " - | - | - |"
-        continue
-      bad = f" ({len(s['diverged'])} diverged)" if s["diverged"] else ""
-      row += f" {_pct(s['linear_probe'])}{bad} | {_pct(s['knn'])} | {_nats(s['mi_lower_bound'])} |"
-    lines.append(row)
-  return lines
+def accuracy_rows(result: Dict[str, Any], dataset: str) -> List[Dict[str, str]]:
+  """One row per (method, noise) of `dataset`: every metric as "mean +- sd" strings."""
+  rows = []
+  for m in result["methods_by_dataset"].get(dataset, ()):
+    for noise in result["setting"]["noises"]:
+      s = result["summary"].get(f"{dataset}|{noise:g}|{m}")
+      row = {"method": m, "noise": f"{noise:g}",
+             "seeds": "0" if s is None else str(len(s["seeds"]))}
+      for metric, _ in METRICS:
+        scale, digits = (1.0, 3) if metric == "heldout_mi_bound" else (100.0, 2)
+        row[metric] = _fmt(None if s is None else s[metric], scale, digits)
+      row["tuned"] = "-" if s is None else ("yes" if s["tuned"] else "no (defaults)")
+      if s is not None and s["diverged"]:
+        row["seeds"] += f" ({len(s['diverged'])} diverged)"
+      rows.append(row)
+  return rows
 
 
-def _signed(x: Optional[float], scale: float = 100.0) -> str:
-  return "-" if x is None else f"{scale * x:+.2f}"
+TABLE_COLUMNS = (("method", "method", "{}"), ("noise", "noise", "{}"),
+                 ("seeds", "seeds", "{}"),
+                 ("linear_probe_accuracy", "probe, noisy-label probe (%)", "{}"),
+                 ("linear_probe_acc_clean_labels", "probe, clean-label probe (%)", "{}"),
+                 ("knn_accuracy", "kNN, noisy (%)", "{}"),
+                 ("knn_acc_clean_labels", "kNN, clean (%)", "{}"),
+                 ("heldout_mi_bound", "held-out MI bound (nats)", "{}"),
+                 ("tuned", "tuned", "{}"))
+CONTRAST_COLUMNS = (("dataset", "dataset", "{}"), ("noise", "noise", "{}"),
+                    ("contrast", "contrast", "{}"), ("metric", "metric", "{}"),
+                    ("n", "paired seeds", "{}"), ("mean", "mean diff (points)", "{}"),
+                    ("ci", "95% CI (points)", "{}"), ("verdict", "verdict", "{}"))
 
 
-def widest_spread(summary: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-  """The (dataset, noise, method) cell with the largest seed sd of the probe accuracy."""
-  cells = [s for s in summary.values() if s["linear_probe"]["std"] is not None]
-  if not cells:
-    return None
-  s = max(cells, key=lambda c: c["linear_probe"]["std"])
-  return {"dataset": s["dataset"], "noise": s["noise"], "method": s["method"],
-          "std": s["linear_probe"]["std"], "values": s["values"]["linear_probe"]}
-
-
-def verdict_lines(v: Dict[str, Any]) -> List[str]:
-  """The verdict as Markdown: beyond-spread differences first, then the rest in a table."""
-  lines = [f"Rule: a difference is beyond the seed spread when {v['rule']}. "
-           "Differences in accuracy points (method minus reference); the Welch p-value is "
-           "shown for reference only.", ""]
-  w = v.get("widest_spread")
-  if w is not None:
-    vals = ", ".join(f"{100 * x:.1f}" for x in w["values"])
-    lines += [f"Widest seed spread: {w['method']} at noise {w['noise']:g} ({w['dataset']}), "
-              f"linear probe sd {100 * w['std']:.2f} points (seeds: {vals}); comparisons "
-              "with it need a large difference to pass the rule.", ""]
-  for ref in ("supcon", "cross_entropy"):
-    rows = [p for p in v["pairs"] if p["reference"] == ref]
-    if not rows:
+def contrast_rows(result: Dict[str, Any], only_primary_metric: bool = False
+                  ) -> List[Dict[str, str]]:
+  rows = []
+  for c in result["contrasts"]:
+    if only_primary_metric and c["metric"] != PRIMARY_METRIC:
       continue
-    sig = [p for p in rows if p["beyond_spread"]]
-    n_def = sum(p["beyond_spread"] is not None for p in rows)
-    short = (f" (the other {len(rows) - n_def} have fewer than 2 seeds)"
-             if n_def < len(rows) else "")
-    lines.append(f"**Against {ref}**: {len(sig)} of {n_def} comparisons{short} are beyond "
-                 "the seed spread" + (":" if sig else "."))
-    for p in sig:
-      word = "better" if p["diff"] > 0 else "worse"
-      lines.append(f"- {p['method']} is {word} than {ref} ({p['metric']}, noise "
-                   f"{p['noise']:g}, {p['dataset']}): {_signed(p['diff'])} points "
-                   f"(threshold {100 * p['threshold']:.2f})")
-    lines.append("")
-  if v["noise_drops"]:
-    sig = [d for d in v["noise_drops"] if d["beyond_spread"]]
-    n_def = sum(d["beyond_spread"] is not None for d in v["noise_drops"])
-    lines.append(f"**Label noise**: {len(sig)} of {n_def} clean-minus-noisy "
-                 "differences are beyond the seed spread.")
-    lines.append("")
-  lines += ["| dataset | noise | method | reference | metric | diff (points) | 2 x pooled sd | "
-            "beyond spread | Welch p |", "|---|---|---|---|---|---|---|---|---|"]
-  for p in v["pairs"]:
-    thr = "-" if p["threshold"] is None else f"{100 * p['threshold']:.2f}"
-    wp = "-" if p["welch_p"] is None else f"{p['welch_p']:.3f}"
-    beyond = {True: "**yes**", False: "no", None: "-"}[p["beyond_spread"]]
-    lines.append(f"| {p['dataset']} | {p['noise']:g} | {p['method']} | {p['reference']} | "
-                 f"{p['metric']} | {_signed(p['diff'])} | {thr} | {beyond} | {wp} |")
-  if v["noise_drops"]:
-    lines += ["", "Clean minus noisy accuracy (points):", "",
-              "| dataset | method | metric | drop | 2 x pooled sd | beyond spread |",
-              "|---|---|---|---|---|---|"]
-    for d in v["noise_drops"]:
-      thr = "-" if d["threshold"] is None else f"{100 * d['threshold']:.2f}"
-      beyond = {True: "**yes**", False: "no", None: "-"}[d["beyond_spread"]]
-      lines.append(f"| {d['dataset']} | {d['method']} | {d['metric']} | "
-                   f"{_signed(d['diff'])} | {thr} | {beyond} |")
-  return lines
+    ci = ("-" if c["ci_low"] is None
+          else f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]")
+    rows.append({"dataset": c["dataset"], "noise": f"{c['noise']:g}",
+                 "contrast": f"{c['target']} - {c['reference']}"
+                 + (" **(primary)**" if c["primary"] else ""),
+                 "metric": c["metric"], "n": str(c["n"]), "mean": _signed(c["mean"]),
+                 "ci": ci, "verdict": c["verdict"]})
+  return rows
 
 
-def plot_accuracy(summary: Dict[str, Dict[str, Any]], setting: Setting,
-                  datasets: Sequence[str], path: str) -> None:
-  """Bar chart: probe and kNN accuracy per method and noise, error bars = sd over seeds."""
+def readme_tables(result: Dict[str, Any]) -> str:
+  """The README "Results" section of this experiment, rendered from results.json."""
+  from projnce_jax import report  # pylint: disable=g-import-not-at-top
+  prog = result["progress"]
+  lines = [f"**Cross-entropy vs SupCon vs ProjNCE, tuned on validation, paired seeds** "
+           f"(`{result['command']}`; {result['machine']['cpu_count']}-core "
+           f"{result['machine']['machine']}, load average {result['machine']['load_average'][0]:.1f} "
+           f"at the start, "
+           f"{result['date']}; stage 2: {prog['stage2_done']} of {prog['stage2_planned']} "
+           f"cells done; mean +- sd over seeds, test accuracy %):", ""]
+  for ds in result["datasets"]:
+    skip = result["skipped"].get(ds)
+    if skip:
+      lines += [f"*{ds}*: not run ({skip}).", ""]
+      continue
+    length = (f"{result['setting']['num_steps']} steps" if result["setting"]["num_steps"]
+              else f"{result['epochs_by_dataset'].get(ds) or '-'} epochs")
+    lines += [f"*{ds}* ({length}):", "",
+              report.results_table(accuracy_rows(result, ds), TABLE_COLUMNS), ""]
+  rows = contrast_rows(result, only_primary_metric=True)
+  if rows:
+    lines += ["Paired contrasts (probe trained on the noisy labels):", "",
+              report.results_table(rows, CONTRAST_COLUMNS), ""]
+  return "\n".join(lines)
+
+
+def plot_results(result: Dict[str, Any], path: str) -> None:
+  """Per dataset: probe accuracy per method and noise (sd bars); then the primary contrasts."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  panels = [(ds, metric) for ds in datasets for metric in ("linear_probe", "knn")]
-  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-  width = 0.8 / len(setting.noises)
-  x = np.arange(len(setting.methods))
-  for ax, (ds, metric) in zip(axes[0], panels):
-    lows = []
-    for i, n in enumerate(setting.noises):
-      stats = [summary.get(f"{ds}|{n:g}|{m}", {}).get(metric, {"mean": None, "std": None})
-               for m in setting.methods]
-      mean = [100 * (s["mean"] or np.nan) for s in stats]
-      err = [100 * (s["std"] or 0.0) for s in stats]
-      lows += [v for v in mean if np.isfinite(v)]
-      ax.bar(x + (i - (len(setting.noises) - 1) / 2) * width, mean, width, yerr=err,
-             capsize=3, label=f"label noise {n:g}")
-    ax.set_ylim(max(0.0, min(lows, default=10.0) - 10.0), 100.0)
+  datasets = [d for d in result["datasets"] if d not in result["skipped"]]
+  fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(5.5 * (len(datasets) + 1), 4),
+                           squeeze=False)
+  noises = result["setting"]["noises"]
+  width = 0.8 / len(noises)
+  for ax, ds in zip(axes[0], datasets):
+    methods = result["methods_by_dataset"][ds]
+    x = np.arange(len(methods))
+    for i, n in enumerate(noises):
+      stats = [result["summary"].get(f"{ds}|{n:g}|{m}", {}).get(PRIMARY_METRIC) or {}
+               for m in methods]
+      mean = [100 * s["mean"] if s.get("mean") is not None else np.nan for s in stats]
+      err = [100 * (s.get("std") or 0.0) for s in stats]
+      ax.bar(x + (i - (len(noises) - 1) / 2) * width, mean, width, yerr=err, capsize=3,
+             label=f"label noise {n:g}")
     ax.set_xticks(x)
-    ax.set_xticklabels([m.replace("projnce_", "pj ") for m in setting.methods], rotation=30)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{ds}: {'linear probe' if metric == 'linear_probe' else 'kNN'}")
+    ax.set_xticklabels([m.replace("projnce_", "pj ") for m in methods], rotation=30)
+    ax.set_ylabel("linear-probe test accuracy (%)")
+    ax.set_title(ds)
     ax.legend(fontsize=8)
+  ax = axes[0][-1]
+  cs = [c for c in result["contrasts"] if c["metric"] == PRIMARY_METRIC
+        and c["mean"] is not None]
+  for i, c in enumerate(cs):
+    lo = c["ci_low"] if c["ci_low"] is not None else c["mean"]
+    hi = c["ci_high"] if c["ci_high"] is not None else c["mean"]
+    ax.errorbar(100 * c["mean"], i, xerr=[[100 * (c["mean"] - lo)], [100 * (hi - c["mean"])]],
+                fmt="o", color="C3" if c["primary"] else "C0", capsize=3)
+  ax.axvline(0.0, color="k", lw=0.8)
+  ax.set_yticks(range(len(cs)))
+  ax.set_yticklabels([f"{c['dataset']} n={c['noise']:g} - {c['reference']}" for c in cs],
+                     fontsize=7)
+  ax.set_xlabel(f"{PRIMARY_TARGET} minus reference (points, 95% CI)")
+  ax.set_title("paired contrasts (red: primary)")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
-def write_markdown(path: str, result: Dict[str, Any], setting: Setting,
-                   datasets: Sequence[str]) -> None:
-  """results.md: set-up, command and machine, the tables and the verdict."""
-  mach = result["machine"]
-  s = result["setting"]
-  lines = [
-      "# Cross-entropy vs SupCon vs ProjNCE projections under label noise", "",
-      f"Command: `{result['command']}`  ",
-      f"Machine: {mach['machine']}, {mach['cpu_count']} CPU cores (load average at the start "
-      "of this invocation "
-      f"{mach['load_average'][0]:.1f}), jax {mach['jax']}, devices {mach['devices']}  ",
-      f"Date: {result['date']}; sweep wall time {result['wall_seconds']:.0f} s "
-      f"({result['cells_run_now']} cells run by this invocation, "
-      f"{result['cells_total'] - result['cells_run_now']} reused from earlier "
-      f"invocations); cell wall times (when each cell ran): mean "
-      f"{result['mean_cell_seconds']:.1f} s, sum {result['sum_cell_seconds']:.0f} s.", "",
-      f"Set-up: small_cnn widths {tuple(s['widths'])}, extra_convs {s['extra_convs']}, batch "
-      f"{s['batch_size']} x 2 views, "
-      + (f"{s['num_steps']} steps" if s["num_steps"] else f"{s['num_epochs']} epochs")
-      + f", SGD base_lr {s['base_lr']} (per 256) with warm-up + cosine, crop scale "
-      f"{tuple(s['crop_scale'])}, temperature 0.1; ProjNCE with g- = sample, beta = 1; "
-      f"symmetric label noise on the training labels only (seed = run seed); "
-      f"seeds {tuple(s['seeds'])}. Evaluation: linear probe ({s['probe_epochs']} epochs, "
-      "final epoch) and cosine kNN (k = 200) on frozen encoder features, clean test labels. "
-      "MI bound: `mi_lower_bound` of the last logged training batch (nats, noisy labels; "
-      "log(N-1) - infonce_term - adjustment).", "",
-      "Values: mean +- sd over seeds (sd with ddof = 1), accuracy in %.", ""]
-  for ds in datasets:
-    lines += [f"## {ds}", ""] + accuracy_table(result["summary"], setting, ds) + [""]
-  lines += ["![accuracy](accuracy.png)", "", "## Verdict", ""]
-  lines += verdict_lines(result["verdict"])
+def write_markdown(path: str, result: Optional[Dict[str, Any]], *, command: str,
+                   machine: Dict[str, Any], date: str) -> None:
+  """results.md: preregistration, command and machine, progress, tables and verdicts.
+
+  With `result=None` (before the sweep) only the preregistration and the header.
+  """
+  lines = ["# Cross-entropy vs SupCon vs ProjNCE under label noise (tuned, paired)", "",
+           PREREGISTRATION, "## Run", "", f"Command: `{command}`  ",
+           f"Machine: {machine['machine']} ({machine['node']}), {machine['cpu_count']} CPU "
+           f"cores, load average {machine['load_average']} at the start; jax "
+           f"{machine['jax']}, devices {machine['devices']}  ", f"Date: {date}", ""]
+  if result is None:
+    lines += ["No cell has finished yet: the sweep starts after this file is written.", ""]
+  else:
+    prog = result["progress"]
+    s = result["setting"]
+    lines += [
+        f"Progress: stage 1 {prog['stage1_done']} of {prog['stage1_planned']} planned cells "
+        f"done, stage 2 {prog['stage2_done']} of {prog['stage2_planned']} done "
+        f"({result['cells_run_now']} trained by this invocation, the rest read from "
+        f"cells/; wall time {result['wall_seconds']:.0f} s; mean trained-cell time "
+        + (f"{result['mean_cell_seconds']:.1f} s" if result["mean_cell_seconds"] else "-")
+        + "). The plan counts only the steps reachable so far: stage-1 steps after an "
+        "unfinished one are planned once it is done. Stage-2 cells of a dataset wait "
+        "until its stage 1 is complete (unless --allow_untuned).", ""]
+    for ds, why in result["skipped"].items():
+      lines.append(f"- {ds}: skipped ({why}).")
+    for ds in result["waiting_for_stage1"]:
+      lines.append(f"- {ds}: stage 2 waits for a complete stage 1 (or --allow_untuned).")
+    if result["skipped"] or result["waiting_for_stage1"]:
+      lines.append("")
+    lines += [
+        f"Set-up ({s['name']}): image datasets small_cnn {tuple(s['widths'])}, extra_convs "
+        f"{s['extra_convs']}; batch {s['batch_size']} x 2 views; "
+        + (f"{s['num_steps']} steps" if s["num_steps"] else "epochs chosen in stage 1")
+        + f"; SGD base_lr {s['base_lr']} per 256 with warm-up + cosine (spoken_digits: its "
+        "config's optimizer); symmetric label noise on the training labels (seed = run "
+        f"seed); stage-2 seeds {tuple(s['seeds'])}; linear probe {s['probe_epochs']} epochs "
+        "(final epoch), cosine kNN k = 200, frozen encoder features. Missing keys (the "
+        "trainer does not provide them yet) show as \"-\".", "",
+        "## Stage 1: chosen on the validation split", ""]
+    for ds, why in result["stage1_skipped"].items():
+      lines.append(f"- {ds}: stage 1 not run ({why}).")
+    if not result["tuned"]:
+      lines += ["", "No stage-1 values exist: stage 2 uses the default hyperparameters "
+                "(marked \"no (defaults)\").", ""]
+    for ds, entry in result["tuned"].items():
+      lines.append(f"- {ds}: {'complete' if entry.get('complete') else 'incomplete'}; "
+                   f"epochs {entry.get('num_epochs', '-')} (validation probe accuracy by "
+                   f"length: {entry.get('length_scores', {})}); chosen: "
+                   f"{json.dumps(entry.get('by_noise', {}))}")
+    lines += ["", "## Stage 2: test split", ""]
+    for ds in result["datasets"]:
+      if ds in result["skipped"]:
+        continue
+      from projnce_jax import report  # pylint: disable=g-import-not-at-top
+      lines += [f"### {ds}", "", report.results_table(accuracy_rows(result, ds),
+                                                      TABLE_COLUMNS), ""]
+    lines += ["![results](results.png)", "", "## Verdicts (paired 95% t-intervals)", ""]
+    prim = [c for c in result["contrasts"] if c["primary"]]
+    if not prim:
+      lines.append("Primary endpoint: not tested (no paired cells at "
+                   f"{PRIMARY_DATASET}, noise {PRIMARY_NOISE:g}).")
+    for c in prim:
+      lines.append(f"- **Primary**: {c['target']} - {c['reference']}: {c['verdict']} "
+                   f"(n = {c['n']}, mean {_signed(c['mean'])} points).")
+    from projnce_jax import report  # pylint: disable=g-import-not-at-top
+    lines += ["", report.results_table(contrast_rows(result), CONTRAST_COLUMNS), ""]
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
 
@@ -435,55 +784,133 @@ def write_markdown(path: str, result: Dict[str, Any], setting: Setting,
 # The sweep.
 
 
+def _previous_preregistration(out: str) -> Optional[str]:
+  """The preregistration stored by an earlier invocation of this version, if any."""
+  try:
+    with open(os.path.join(out, "results.json")) as f:
+      return json.load(f).get("preregistration")
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", required=True, help="output folder (cells go to OUT/runs/)")
-  p.add_argument("--small", action="store_true", help="2 cells at a tiny scale (a test)")
-  p.add_argument("--datasets", default="mnist5k",
-                 help="comma-separated: mnist5k, fashion_mnist_local")
+  p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--stage", default="all", choices=("1", "2", "all"))
+  p.add_argument("--datasets", default=None,
+                 help="comma-separated subset of mnist5k, fashion_mnist_local, spoken_digits")
+  p.add_argument("--max_cells", type=int, default=None, help="train at most N new cells")
+  p.add_argument("--time_budget_s", type=float, default=None,
+                 help="start no new cell after this many seconds")
+  p.add_argument("--smallest", action="store_true",
+                 help="a tiny setting (what the tests run)")
+  p.add_argument("--allow_untuned", action="store_true",
+                 help="run stage 2 with default hyperparameters where stage 1 is not done "
+                 "(its verdicts then say not tested at adequate scale)")
+  p.add_argument("--readme", action="store_true",
+                 help="print the README tables from OUT/results.json and exit")
   return p.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   args = parse_args(argv)
-  setting = SMALL if args.small else FULL
-  datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+  if args.readme:
+    with open(os.path.join(args.out, "results.json")) as f:
+      text = readme_tables(json.load(f))
+    print(text)
+    return {"readme": text}
+  setting = SMALLEST if args.smallest else FULL
+  datasets = list(setting.datasets) if args.datasets is None else [
+      d.strip() for d in args.datasets.split(",") if d.strip()]
+  unknown = [d for d in datasets if d not in setting.methods_by_dataset]
+  if unknown:
+    raise ValueError(f"--datasets: {unknown} not in this setting's datasets "
+                     f"{list(setting.datasets)}")
+  stages = (1, 2) if args.stage == "all" else (int(args.stage),)
   os.makedirs(args.out, exist_ok=True)
   enable_compilation_cache(os.path.join(args.out, "runs", ".jax_cache"))
   machine = machine_info()
+  command = " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1]] + sys.argv)
+  date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  md_path = os.path.join(args.out, "results.md")
+  if _previous_preregistration(args.out) != PREREGISTRATION:
+    # Before any cell: the endpoint is on disk ahead of the results (a resumed sweep keeps
+    # its partial tables until this invocation ends).
+    write_markdown(md_path, None, command=command, machine=machine, date=date)
   t0 = time.perf_counter()
-  cells, ran = [], 0
-  grid = [(ds, n, m, s) for ds in datasets for n in setting.noises
-          for m in setting.methods for s in setting.seeds]
-  for i, (ds, noise, name, seed) in enumerate(grid):
-    workdir = cell_dir(args.out, ds, noise, name, seed)
-    config = build_config(setting, ds, METHODS[name], noise, seed)
-    res, now = run_cell(config, workdir)
-    ran += now
-    rec = _cell_record(res, dataset=ds, noise=noise, method=name, seed=seed,
-                       status=res.get("status", "ok"), wall_seconds=res.get("wall_seconds"))
-    cells.append(rec)
-    print(f"[{i + 1}/{len(grid)}] {ds} noise={noise:g} {name} seed={seed}: "
-          f"{'ran' if now else 'reused'} {rec['status']} probe={rec['linear_probe_accuracy']} "
-          f"knn={rec['knn_accuracy']} ({rec['wall_seconds'] or 0:.1f} s)", flush=True)
+  cache = _sweep.CellCache(args.out, _sweep.Budget(args.max_cells, args.time_budget_s))
+
+  tuned_path = os.path.join(args.out, "tuned.json")
+  tuned: Dict[str, Any] = {}
+  if os.path.exists(tuned_path):
+    with open(tuned_path) as f:
+      tuned = json.load(f)
+  skipped: Dict[str, str] = {}
+  planned1: List[str] = []
+  for ds in datasets:
+    why = dataset_skip_reason(ds, 1)
+    if 1 in stages and why is None:
+      print(f"stage 1: {ds}", flush=True)
+      tuned[ds] = tune_dataset(cache, setting, ds, planned1)
+    elif 1 in stages:
+      skipped_1 = f"stage 1 skipped: {why}"
+      print(f"{ds}: {skipped_1}", flush=True)
+      tuned.setdefault(ds, {})["stage1_skipped"] = why
+  with open(tuned_path + ".tmp", "w") as f:
+    json.dump(tuned, f, indent=1)
+  os.replace(tuned_path + ".tmp", tuned_path)
+
+  planned2: List[str] = []
+  cells: List[Dict[str, Any]] = []
+  run2 = []
+  for ds in datasets:
+    why = dataset_skip_reason(ds, 2)
+    if why is not None:
+      skipped[ds] = why
+    else:
+      run2.append(ds)
+  allow_untuned = args.allow_untuned or args.smallest
+  waiting = [ds for ds in run2 if not tuned.get(ds, {}).get("complete") and (
+      "by_noise" in tuned.get(ds, {}) or not allow_untuned)]
+  if 2 in stages:
+    print(f"stage 2: {run2}" + (f"; waiting for a complete stage 1: {waiting}"
+                                 if waiting else ""), flush=True)
+    cells = run_stage2(cache, setting, run2, tuned, planned2,
+                       allow_untuned=allow_untuned)
+  else:
+    planned2 = [f"stage2/{ds}/noise{n:g}/{m}/seed{s}"
+                for ds, n, m, s in stage2_grid(setting, run2)]
+  epochs_by_dataset = {ds: None if setting.num_steps else
+                       (tuned.get(ds, {}).get("num_epochs") or setting.num_epochs)
+                       for ds in datasets}
   summary = summarize(cells)
-  walls = [c["wall_seconds"] for c in cells if c["wall_seconds"]]
+  done1 = sum(os.path.exists(cache.cell_path(k)) for k in planned1)
+  walls = [c["wall_seconds"] for c in cells if c.get("wall_seconds") and not c["reused"]]
   result = {
-      "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1]] + sys.argv),
-      "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "machine": machine, "setting": dataclasses.asdict(setting), "datasets": datasets,
-      "methods": {m: METHODS[m] for m in setting.methods},
-      "wall_seconds": time.perf_counter() - t0, "cells_total": len(cells),
-      "cells_run_now": ran, "mean_cell_seconds": float(np.mean(walls)) if walls else 0.0,
-      "sum_cell_seconds": float(np.sum(walls)) if walls else 0.0,
+      "command": command, "date": date, "machine": machine,
+      "load_average_at_end": _sweep.load_average(),
+      "setting": dataclasses.asdict(setting),
+      "methods_by_dataset": {d: list(setting.methods_by_dataset[d]) for d in datasets},
+      "datasets": datasets, "skipped": skipped, "preregistration": PREREGISTRATION,
+      "waiting_for_stage1": waiting if 2 in stages else [],
+      "tuned": {d: tuned[d] for d in datasets if d in tuned and "by_noise" in tuned[d]},
+      "stage1_skipped": {d: tuned[d]["stage1_skipped"] for d in datasets
+                         if "stage1_skipped" in tuned.get(d, {})},
+      "epochs_by_dataset": epochs_by_dataset,
+      "progress": {"stage1_done": done1, "stage1_planned": len(planned1),
+                   "stage2_done": len(cells), "stage2_planned": len(planned2)},
+      "wall_seconds": time.perf_counter() - t0, "cells_run_now": cache.budget.cells_run,
+      "cells_reused": cache.reused,
+      "mean_cell_seconds": float(np.mean(walls)) if walls else None,
       "cells": cells, "summary": summary,
-      "verdict": verdict(summary, setting, datasets),
+      "contrasts": contrasts(summary, setting, datasets, epochs_by_dataset),
   }
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(result, f, indent=1)
-  plot_accuracy(summary, setting, datasets, os.path.join(args.out, "accuracy.png"))
-  write_markdown(os.path.join(args.out, "results.md"), result, setting, datasets)
-  print(f"wrote {args.out}/results.md ({result['wall_seconds']:.0f} s)")
+  plot_results(result, os.path.join(args.out, "results.png"))
+  write_markdown(md_path, result, command=command, machine=machine, date=date)
+  print(f"wrote {md_path}: stage 1 {done1}/{len(planned1)}, stage 2 "
+        f"{len(cells)}/{len(planned2)} cells ({result['wall_seconds']:.0f} s)", flush=True)
   return result
 
 

@@ -1,55 +1,269 @@
-"""End-to-end check of experiments/paper_comparison/run.py in its --small setting."""
+"""experiments/paper_comparison/run.py: its smallest setting end to end, resuming, and the
+statistics, stage-1 selection and cell cache on their own."""
 import json
+import math
 import os
 import subprocess
 import sys
 
+import ml_collections
+import numpy as np
+import pytest
+from scipy import stats
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "experiments", "paper_comparison", "run.py")
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import _sweep  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+pc = _sweep.load_module(SCRIPT, "paper_comparison_run")
 
 
-def _run_small(out_dir):
+def _run(out_dir, *extra):
   # One CPU device, as the experiment runs outside the test suite (whose conftest asks XLA
   # for 8 fake devices).
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
-  proc = subprocess.run([sys.executable, SCRIPT, "--small", "--out", str(out_dir)],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run([sys.executable, SCRIPT, "--smallest", "--out", str(out_dir), *extra],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout
 
 
-def test_small_setting_end_to_end_and_resume(tmp_path):
-  _run_small(tmp_path)
-  for name in ("results.md", "results.json", "accuracy.png"):
-    assert (tmp_path / name).stat().st_size > 0, name
-  assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  result = json.loads((tmp_path / "results.json").read_text())
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+  """The smallest sweep in three sittings: 2 cells, then the rest, then nothing new."""
+  out = tmp_path_factory.mktemp("pc")
+  _run(out, "--max_cells", "2")
+  first = {"json": json.loads((out / "results.json").read_text()),
+           "md": (out / "results.md").read_text()}
+  _run(out)
+  second = json.loads((out / "results.json").read_text())
+  third_stdout = _run(out)
+  third = json.loads((out / "results.json").read_text())
+  return {"out": out, "first": first, "second": second, "third": third,
+          "third_stdout": third_stdout}
 
-  # Two cells, each trained by the trainer in its own folder, with both accuracies.
-  assert len(result["cells"]) == 2 and result["cells_run_now"] == 2
+
+def test_partial_sitting_is_reported_honestly(sweep):
+  first = sweep["first"]
+  planned = len(pc.SMALLEST.seeds) * len(pc.SMALLEST.methods_by_dataset["mnist5k"])
+  assert first["json"]["progress"]["stage2_planned"] == planned
+  assert first["json"]["cells_run_now"] == 2
+  assert first["json"]["progress"]["stage2_done"] <= 2
+  assert f"stage 2 {first['json']['progress']['stage2_done']} of {planned} done" in first["md"]
+  # The preregistration is the constant, ahead of any result.
+  assert pc.PREREGISTRATION in first["md"]
+  assert first["md"].index("Preregistration") < first["md"].index("## Stage 2")
+
+
+def test_full_smallest_sweep_outputs(sweep):
+  out, result = sweep["out"], sweep["second"]
+  for name in ("results.md", "results.json", "results.png", "tuned.json"):
+    assert (out / name).stat().st_size > 0, name
+  assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  methods = pc.SMALLEST.methods_by_dataset["mnist5k"]
+  assert result["progress"]["stage2_done"] == result["progress"]["stage2_planned"] == (
+      len(methods) * len(pc.SMALLEST.seeds))
   for cell in result["cells"]:
     assert cell["status"] == "ok"
     assert 0.0 <= cell["linear_probe_accuracy"] <= 1.0
     assert 0.0 <= cell["knn_accuracy"] <= 1.0
-    assert cell["mi_lower_bound"] is not None  # both cells are contrastive
-    workdir = (tmp_path / "runs" / "mnist5k" / f"noise{cell['noise']:g}" / cell["method"]
-               / f"seed{cell['seed']}")
-    assert (workdir / "results.json").exists() and (workdir / "metrics.jsonl").exists()
-  assert set(result["summary"]) == {"mnist5k|0.3|supcon", "mnist5k|0.3|projnce_centroid"}
-  assert result["verdict"]["rule"].startswith("|mean difference| > 2")
-  assert {p["reference"] for p in result["verdict"]["pairs"]} == {"supcon"}
+    assert cell["steps"] == pc.SMALLEST.num_steps
+    stored = out / "cells" / (cell["key"] + ".json")
+    assert json.loads(stored.read_text())["record"]["linear_probe_accuracy"] == (
+        cell["linear_probe_accuracy"])
+  # Paired: the primary contrasts use the same seeds on both sides, and the interval is
+  # the t-interval of the per-seed differences.
+  prim = [c for c in result["contrasts"] if c["primary"]]
+  assert {c["reference"] for c in prim} == {"supcon", "cross_entropy"}
+  by = {(c["method"], c["seed"]): c["linear_probe_accuracy"] for c in result["cells"]}
+  for c in prim:
+    diffs = [by[("projnce_centroid", s)] - by[(c["reference"], s)] for s in pc.SMALLEST.seeds]
+    np.testing.assert_allclose(c["diffs"], diffs, rtol=1e-12)
+    half = stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / math.sqrt(len(diffs))
+    np.testing.assert_allclose([c["ci_low"], c["ci_high"]],
+                               [np.mean(diffs) - half, np.mean(diffs) + half], rtol=1e-9)
+    assert c["verdict"].startswith("not tested at adequate scale")  # 2 seeds, 3 steps
+  text = (out / "results.md").read_text()
+  assert "Command: `" in text and "Machine: " in text and "load average" in text
+  assert "projnce_centroid - supcon **(primary)**" in text
 
-  text = (tmp_path / "results.md").read_text()
-  assert "Command: `" in text and "Machine: " in text and "CPU cores" in text
-  table = [l for l in text.splitlines() if l.startswith("| ")]
-  assert table[0].startswith("| method | probe, noise 0.3 | kNN, noise 0.3 | MI bound, noise 0.3")
-  assert any(l.startswith("| supcon |") for l in table)
-  assert any(l.startswith("| projnce_centroid |") for l in table)
-  assert "## Verdict" in text
+  # Stage 1: run on the validation split where the trainer has `eval_split`, otherwise
+  # skipped with the reason (never tuned on the test split).
+  tuned = json.loads((out / "tuned.json").read_text())["mnist5k"]
+  if "eval_split" in pc.available_fields():
+    assert tuned["complete"] and set(tuned["by_noise"]["0.4"]) == set(methods)
+    assert result["progress"]["stage1_done"] == result["progress"]["stage1_planned"] > 0
+    assert all(c["tuned"] for c in result["cells"])
+  else:
+    assert "eval_split" in tuned["stage1_skipped"]
+    assert "stage 1 not run (the trainer config has no `eval_split` field" in text
+    assert not any(c["tuned"] for c in result["cells"])
+    assert "hyperparameters not tuned on validation" in prim[0]["verdict"]
 
-  # A second invocation reuses the finished cells instead of training them again.
-  stdout = _run_small(tmp_path)
-  assert stdout.count("reused") == 2
-  assert json.loads((tmp_path / "results.json").read_text())["cells_run_now"] == 0
+
+def test_resume_reads_every_cell(sweep):
+  assert sweep["third"]["cells_run_now"] == 0
+  assert sweep["third"]["cells_reused"] >= sweep["third"]["progress"]["stage2_done"]
+  assert "  ran " not in sweep["third_stdout"]
+  key = lambda r: sorted((c["key"], c["linear_probe_accuracy"]) for c in r["cells"])
+  assert key(sweep["third"]) == key(sweep["second"])
+
+
+def test_readme_tables_from_results_json(sweep):
+  proc = subprocess.run([sys.executable, SCRIPT, "--out", str(sweep["out"]), "--readme"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == pc.readme_tables(sweep["third"]).strip()
+  rows = [l for l in proc.stdout.splitlines() if l.startswith("| supcon | 0.4 |")]
+  assert len(rows) == 1
+  mean = np.mean([c["linear_probe_accuracy"] for c in sweep["second"]["cells"]
+                  if c["method"] == "supcon"])
+  assert f"{100 * mean:.2f} +- " in rows[0]
+
+
+# ----------------------------------------------------------------------------------------
+# Pieces on their own.
+
+
+def test_paired_difference_matches_scipy():
+  rng = np.random.default_rng(0)
+  a = {s: float(x) for s, x in enumerate(rng.normal(0.9, 0.02, 5))}
+  b = {s: float(x) for s, x in enumerate(rng.normal(0.88, 0.02, 5))}
+  b[7] = 0.5  # a seed only one side has is not paired
+  d = _sweep.paired_difference(a, b)
+  ref = stats.ttest_rel([a[s] for s in range(5)], [b[s] for s in range(5)])
+  ci = ref.confidence_interval(0.95)
+  assert d["n"] == 5 and d["seeds"] == list(range(5))
+  np.testing.assert_allclose([d["ci_low"], d["ci_high"]], [ci.low, ci.high], rtol=1e-10)
+  one = _sweep.paired_difference({0: 0.9}, {0: 0.8, 1: 0.7})
+  assert one["n"] == 1 and one["ci_low"] is None
+  assert one["mean"] == pytest.approx(0.1)
+  with pytest.raises(ValueError, match="confidence"):
+    _sweep.paired_difference(a, b, confidence=1.5)
+
+
+@pytest.mark.parametrize("lo,hi,adequate,expected", [
+    (0.01, 0.03, True, "better"),
+    (-0.03, -0.01, True, "worse"),
+    (-0.01, 0.02, True, "no difference resolved"),
+    (0.01, 0.03, False, "not tested at adequate scale"),
+])
+def test_contrast_verdict(lo, hi, adequate, expected):
+  diff = {"n": 5, "ci_low": lo, "ci_high": hi}
+  assert pc.contrast_verdict(diff, (adequate, "2 of 5 paired seeds")).startswith(expected)
+  assert pc.contrast_verdict({"n": 1, "ci_low": None, "ci_high": None},
+                             (True, "")).startswith("not tested: 1 paired")
+
+
+class _FakeCache:
+  """Scores a stage-1 cell from its config; None once `budget` cells are exhausted."""
+
+  def __init__(self, score, budget=None):
+    self.score, self.budget, self.keys, self.configs = score, budget, [], {}
+
+  def get_or_run(self, key, config, extract):
+    del extract
+    self.keys.append(key)
+    self.configs[key] = config
+    if self.budget is not None and len(set(self.keys)) > self.budget:
+      return None
+    return {"status": "ok", "linear_probe_accuracy": self.score(config)}
+
+
+def _fake_config(setting, dataset, overrides, noise, seed, *, eval_split=None,
+                 num_epochs=None):
+  assert eval_split == "validation" and seed == setting.tune_seed
+  loss = overrides.get("loss", {})
+  return ml_collections.ConfigDict(dict(
+      method=overrides["method"], positive=loss.get("positive", ""),
+      temperature=loss.get("temperature", 0.1), beta=loss.get("beta", 1.0),
+      bandwidth=loss.get("bandwidth", 1.0),
+      lr=overrides.get("optimizer", {}).get("base_lr", 0.2),
+      epochs=num_epochs or setting.num_epochs, noise=noise))
+
+
+def _score(c):
+  """Best: lr 0.4 (CE), temperature 0.2, beta 2, bandwidth 0.5; length gains < 0.4 pt."""
+  s = 0.9 - abs(c.temperature - 0.2) - 0.01 * abs(c.beta - 2.0)
+  s -= 0.01 * abs(c.bandwidth - 0.5) + abs(c.lr - 0.4)
+  return s + {20: 0.0, 30: 0.003, 40: 0.004}[c.epochs]
+
+
+def test_stage1_selection(monkeypatch):
+  monkeypatch.setattr(pc, "build_config", _fake_config)
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  setting = pc.FULL
+  planned = []
+  entry = pc.tune_dataset(_FakeCache(_score), setting, "mnist5k", planned)
+  assert entry["complete"]
+  chosen = entry["by_noise"]["0.4"]
+  assert chosen["cross_entropy"] == {"lr_factor": 2.0}
+  assert chosen["supcon"] == {"temperature": 0.2}
+  assert chosen["projnce_centroid"] == {"temperature": 0.2, "beta": 2.0}
+  assert chosen["projnce_kernel"] == {"temperature": 0.2, "beta": 2.0, "bandwidth": 0.5}
+  assert entry["by_noise"]["0"] == chosen
+  # 30 and 40 epochs gain 0.3 / 0.4 points: within the 0.5-point tolerance of the best, so
+  # the shortest length is kept.
+  assert entry["num_epochs"] == 20
+  assert all(k.startswith("stage1/mnist5k/") and k.endswith("/seed100") for k in planned)
+  # The default-valued steps reuse a cell: beta 1 after the temperature step, etc.
+  assert "stage1/mnist5k/noise0.4/projnce_centroid_t0.2/seed100" in planned
+  assert not any("_b1_" in k or k.endswith("_b1/seed100") for k in planned)
+
+
+def test_stage1_incomplete_under_budget(monkeypatch):
+  monkeypatch.setattr(pc, "build_config", _fake_config)
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  entry = pc.tune_dataset(_FakeCache(_score, budget=5), pc.FULL, "mnist5k", [])
+  assert not entry["complete"] and "num_epochs" not in entry
+  hp, tuned = pc.stage2_hp({"mnist5k": entry}, "mnist5k", "supcon", 0.4)
+  assert (hp, tuned) == ({}, False)
+
+
+def test_cell_cache_retrains_a_changed_config(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_run(config, workdir, hooks=()):
+    del hooks
+    calls.append(workdir)
+    return {"status": "ok", "linear_probe_accuracy": config.lr, "wall_seconds": 0.0}, True
+
+  monkeypatch.setattr(_sweep, "run_cell", fake_run)
+  cache = _sweep.CellCache(str(tmp_path), _sweep.Budget(max_cells=2), log=lambda s: None)
+  extract = lambda r: {"linear_probe_accuracy": r["linear_probe_accuracy"]}
+  c1 = ml_collections.ConfigDict({"lr": 0.1})
+  assert cache.get_or_run("a/b", c1, extract)["linear_probe_accuracy"] == 0.1
+  assert cache.get_or_run("a/b", c1, extract)["reused"] and len(calls) == 1
+  c2 = ml_collections.ConfigDict({"lr": 0.2})
+  assert cache.get_or_run("a/b", c2, extract)["linear_probe_accuracy"] == 0.2
+  assert cache.stale == 1 and len(calls) == 2 and calls[0] != calls[1]
+  # The budget (2 new cells) is spent: an unfinished cell is not trained.
+  assert cache.get_or_run("a/c", c1, extract) is None and len(calls) == 2
+
+
+def test_stage2_waits_for_stage1(monkeypatch):
+  monkeypatch.setattr(pc, "build_config", lambda *a, **k: ml_collections.ConfigDict(
+      {"overrides": json.dumps(a[2], sort_keys=True), "seed": a[4]}))
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  cache = _FakeCache(lambda c: 0.5)
+  setting = pc.SMALLEST
+  n = len(setting.noises) * len(setting.seeds) * len(setting.methods_by_dataset["mnist5k"])
+  under_way = {"mnist5k": {"complete": False, "by_noise": {}}}
+  for allow in (False, True):  # a stage 1 under way holds stage 2 back either way
+    planned = []
+    assert pc.run_stage2(cache, setting, ["mnist5k"], under_way, planned, allow) == []
+    assert len(planned) == n
+  assert pc.run_stage2(cache, setting, ["mnist5k"], {}, [], allow_untuned=False) == []
+  cells = pc.run_stage2(cache, setting, ["mnist5k"], {}, [], allow_untuned=True)
+  assert len(cells) == n and not any(c["tuned"] for c in cells)
+  done = {"mnist5k": {"complete": True, "num_epochs": 30, "by_noise": {
+      "0.4": {"supcon": {"temperature": 0.2}}}}}
+  cells = pc.run_stage2(cache, setting, ["mnist5k"], done, [])
+  supcon = [c for c in cells if c["method"] == "supcon"]
+  assert all(c["tuned"] and c["hyperparameters"] == {"temperature": 0.2} for c in supcon)
+  for c in supcon:  # the tuned value reaches the cell's config
+    assert json.loads(cache.configs[c["key"]].overrides)["loss"] == {"temperature": 0.2}
+  assert not any(c["tuned"] for c in cells if c["method"] != "supcon")

@@ -1,0 +1,269 @@
+"""Shared pieces of the experiment sweeps: machine record, resumable cells, paired statistics.
+
+A sweep is a list of cells; each cell is one call of the trainer
+(`projnce_jax.train.train_and_evaluate`) with its own config. `CellCache` keeps every finished
+cell as a small JSON file (OUT/cells/<key>.json, meant to be committed) next to the trainer's
+working folder (OUT/runs/<key>-<hash>, checkpoints, ignored by git). A later invocation -- in
+another sitting, or after an interruption -- reads the finished cells instead of training
+them again, and a half-trained cell resumes from its last checkpoint. The key's file also
+stores a hash of the full config, so a cell whose config has changed is trained again rather
+than silently reused.
+
+Usage::
+
+  cache = CellCache(out, budget=Budget(max_cells=10, time_budget_s=3600))
+  record = cache.get_or_run("stage2/mnist5k/noise0.4/supcon/seed0", config, extract)
+  # None: not finished and the budget does not allow running it now.
+
+Statistics: `mean_std` (mean and sample sd over seeds) and `paired_difference` (mean of the
+per-seed differences with a two-sided t confidence interval).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+def load_module(path: str, name: str):
+  """Imports the Python file `path` as module `name` (registered in sys.modules)."""
+  if name in sys.modules:
+    return sys.modules[name]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None or spec.loader is None:
+    raise ImportError(f"cannot import {path!r}")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+# ----------------------------------------------------------------------------------------
+# Machine and JAX set-up.
+
+
+def machine_info() -> Dict[str, Any]:
+  """Architecture, CPU count, load average and JAX devices of this machine."""
+  import jax  # pylint: disable=g-import-not-at-top
+  load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+  return {"machine": platform.machine(), "node": platform.node(),
+          "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in load],
+          "python": platform.python_version(), "jax": jax.__version__,
+          "devices": [str(d) for d in jax.devices()]}
+
+
+def load_average() -> list:
+  """The 1, 5 and 15 minute load averages, rounded."""
+  return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
+def enable_compilation_cache(path: str) -> None:
+  """Caches compiled XLA programs on disk: the cells share shapes, so most load, not compile."""
+  import jax  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Cells.
+
+
+def run_cell(config, workdir: str, *, hooks: Sequence[Callable] = (),
+             done: Optional[Callable[[str], bool]] = None) -> Tuple[Dict[str, Any], bool]:
+  """Trains and evaluates one cell in `workdir` unless it has finished there before.
+
+  Args:
+    config: the cell's (locked) trainer config.
+    workdir: its folder; a results.json there marks it finished.
+    hooks: trainer hooks (hook(step, state, record)).
+    done: extra completion test on the folder (besides results.json).
+
+  Returns:
+    (the trainer's results dict plus "status" and "wall_seconds", whether it ran now).
+    A diverged cell (FloatingPointError) is a result with status "diverged".
+  """
+  from projnce_jax import train  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "results.json")
+  if os.path.exists(path):
+    if done is None or done(workdir):
+      with open(path) as f:
+        return json.load(f), False
+    shutil.rmtree(workdir)  # finished training but not the extra outputs: start over
+  os.makedirs(workdir, exist_ok=True)
+  t0 = time.perf_counter()
+  try:
+    res = train.train_and_evaluate(config, workdir, hooks=hooks)
+    res["status"] = "ok"
+  except FloatingPointError as e:  # a diverged cell is a result, not a crash of the sweep
+    res = {"status": "diverged", "error": str(e)}
+  res["wall_seconds"] = time.perf_counter() - t0
+  _write_json(path, res)
+  return res, True
+
+
+def config_hash(config) -> str:
+  """A short, stable hash of every field of a trainer config."""
+  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _write_json(path: str, obj: Any) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+@dataclasses.dataclass
+class Budget:
+  """How many new cells this invocation may train (cached cells are always read).
+
+  Attributes:
+    max_cells: cells to train now at most (None: no limit).
+    time_budget_s: no new cell starts after this many seconds (None: no limit).
+  """
+  max_cells: Optional[int] = None
+  time_budget_s: Optional[float] = None
+  started: float = dataclasses.field(default_factory=time.perf_counter)
+  cells_run: int = 0
+
+  def allows(self) -> bool:
+    if self.max_cells is not None and self.cells_run >= self.max_cells:
+      return False
+    if (self.time_budget_s is not None
+        and time.perf_counter() - self.started >= self.time_budget_s):
+      return False
+    return True
+
+
+class CellCache:
+  """Finished cells as JSON files under OUT/cells/, trainer folders under OUT/runs/.
+
+  Args:
+    out: the sweep's output folder.
+    budget: limits on new cells (default: none).
+    log: called with one line per cell (default: print).
+  """
+
+  def __init__(self, out: str, budget: Optional[Budget] = None,
+               log: Callable[[str], None] = lambda s: print(s, flush=True)):
+    self.out = out
+    self.budget = budget or Budget()
+    self.log = log
+    self.reused = 0
+    self.stale = 0
+
+  def cell_path(self, key: str) -> str:
+    return os.path.join(self.out, "cells", key + ".json")
+
+  def workdir(self, key: str, chash: str) -> str:
+    return os.path.join(self.out, "runs", f"{key}-{chash}")
+
+  def lookup(self, key: str, config) -> Optional[Dict[str, Any]]:
+    """The stored record of `key` if it was made with this exact config, else None."""
+    path = self.cell_path(key)
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      stored = json.load(f)
+    if stored.get("config_hash") != config_hash(config):
+      return None
+    return stored["record"]
+
+  def get_or_run(self, key: str, config,
+                 extract: Callable[[Dict[str, Any]], Dict[str, Any]],
+                 hooks: Sequence[Callable] = ()) -> Optional[Dict[str, Any]]:
+    """The cell's record: stored, or trained now if the budget allows, else None.
+
+    Args:
+      key: a path-like name, unique within the sweep ("stage2/mnist5k/noise0.4/...").
+      config: the cell's trainer config.
+      extract: trainer results dict -> the small record stored and returned.
+      hooks: trainer hooks.
+
+    Returns:
+      The record, with "status", "wall_seconds", "config_hash" and "reused" added; None
+      when the cell is not finished and the budget forbids training it now.
+    """
+    chash = config_hash(config)
+    record = self.lookup(key, config)
+    if record is not None:
+      self.reused += 1
+      return dict(record, reused=True)
+    if os.path.exists(self.cell_path(key)):
+      self.stale += 1  # made with another config: train again
+    if not self.budget.allows():
+      return None
+    load = load_average()
+    res, ran = run_cell(config, self.workdir(key, chash), hooks=hooks)
+    self.budget.cells_run += 1
+    record = dict(extract(res), status=res.get("status", "ok"),
+                  wall_seconds=res.get("wall_seconds"), config_hash=chash,
+                  load_average_at_start=load, trained_now=ran)
+    _write_json(self.cell_path(key), {"key": key, "config_hash": chash,
+                                      "config": json.loads(json.dumps(
+                                          config.to_dict(), default=str)),
+                                      "record": record})
+    self.log(f"  ran {key}: {record['status']} ({record['wall_seconds'] or 0:.1f} s)")
+    return dict(record, reused=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Statistics.
+
+
+def _finite(values: Sequence[Optional[float]]) -> np.ndarray:
+  return np.array([x for x in values if x is not None and math.isfinite(x)], np.float64)
+
+
+def mean_std(values: Sequence[Optional[float]]) -> Dict[str, Any]:
+  """Mean and sample standard deviation (ddof=1) of the finite values."""
+  v = _finite(values)
+  if v.size == 0:
+    return {"mean": None, "std": None, "n": 0}
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else None,
+          "n": int(v.size)}
+
+
+def paired_difference(a: Mapping[Any, Optional[float]], b: Mapping[Any, Optional[float]],
+                      confidence: float = 0.95) -> Dict[str, Any]:
+  """Mean of a[s] - b[s] over the seeds s both have, with a t confidence interval.
+
+  Args:
+    a, b: seed -> value (None or non-finite values are left out, with their pair).
+    confidence: two-sided level of the interval.
+
+  Returns:
+    {"n", "seeds", "diffs", "mean", "sd", "ci_low", "ci_high", "t_crit"}; the interval is
+    mean +- t_{(1+confidence)/2, n-1} * sd / sqrt(n), None with fewer than 2 pairs.
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+  seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None
+                 and math.isfinite(a[s]) and math.isfinite(b[s]))
+  diffs = [float(a[s]) - float(b[s]) for s in seeds]
+  out = {"n": len(seeds), "seeds": seeds, "diffs": diffs, "mean": None, "sd": None,
+         "ci_low": None, "ci_high": None, "t_crit": None}
+  if not diffs:
+    return out
+  d = np.array(diffs, np.float64)
+  out["mean"] = float(d.mean())
+  if d.size >= 2:
+    sd = float(d.std(ddof=1))
+    t = float(stats.t.ppf((1.0 + confidence) / 2.0, d.size - 1))
+    half = t * sd / math.sqrt(d.size)
+    out.update(sd=sd, t_crit=t, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+  return out
