@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 from absl import logging
 import numpy as np

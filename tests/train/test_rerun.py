@@ -14,21 +14,11 @@ from projnce_jax.train.validate import RESUME_SAFE_KEYS
 from projnce_jax.train.validate import config_differences
 from projnce_jax.train.writers import SET_ASIDE
 from projnce_jax.train.writers import read_metrics
+from tests.train.conftest import Interrupt
+from tests.train.conftest import interrupt_after
 from tests.train.conftest import tiny_digits_config
 
 RUN = dict(num_steps=10, checkpoint_every=5, log_every=1, keep_checkpoints=5)
-
-
-class Interrupt(Exception):
-  pass
-
-
-def _interrupt_at(k):
-  def hook(step, state, record):
-    del state, record
-    if step == k:
-      raise Interrupt(step)
-  return hook
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +27,7 @@ def interrupted(digits_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("interrupted"))
   with pytest.raises(Interrupt):
     train_and_evaluate(tiny_digits_config(digits_dir, **RUN), workdir,
-                       hooks=[_interrupt_at(7)])
+                       hooks=[interrupt_after(7)])
   return workdir
 
 
