@@ -58,13 +58,15 @@ def initialize_distributed(
     process_id: int | None = None,
     local_device_ids: int | Sequence[int] | None = None,
     cpu_collectives: str | None = "gloo",
+    auto_detect: bool = False,
 ) -> bool:
   """Connects this process to a multi-process JAX run (`jax.distributed.initialize`).
 
   Must be called before anything touches a device (`jax.devices()`, any computation).
   With nothing given, or `num_processes == 1`, it does nothing: a single process needs
-  no coordinator. (On a cluster with auto-detection, e.g. Cloud TPU pods or SLURM, call
-  `jax.distributed.initialize()` directly.) Calling it again once initialised is a no-op.
+  no coordinator. With `auto_detect=True` it always calls `jax.distributed.initialize`,
+  which detects what is not given from the cluster (Cloud TPU pods, SLURM, Open MPI).
+  Calling it again once initialised is a no-op.
 
   Args:
     coordinator_address: "host:port" of process 0's coordinator service.
@@ -74,6 +76,8 @@ def initialize_distributed(
     cpu_collectives: cross-process collectives for the CPU backend ("gloo" or "mpi");
       set through `jax_cpu_collectives_implementation` before initialising. `None` leaves
       the setting alone. It has no effect on GPU/TPU devices.
+    auto_detect: let `jax.distributed.initialize` detect the cluster (the arguments
+      above, when given, take precedence).
 
   Returns:
     True when this call initialised the distributed runtime, False when it did nothing.
@@ -86,11 +90,18 @@ def initialize_distributed(
 
     initialize_distributed("localhost:12345", num_processes=2, process_id=0)
   """
+  if jax.distributed.is_initialized():
+    return False
+  if auto_detect:
+    if cpu_collectives is not None:
+      jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes,
+        process_id=process_id, local_device_ids=local_device_ids)
+    return True
   nothing_given = (coordinator_address is None and num_processes is None and
                    process_id is None and local_device_ids is None)
   if nothing_given or num_processes == 1:
-    return False
-  if jax.distributed.is_initialized():
     return False
   if num_processes is not None and num_processes < 1:
     raise ValueError(f"num_processes must be >= 1, got {num_processes}.")

@@ -69,6 +69,23 @@ def test_initialize_distributed_single_process_is_noop():
   assert parallel.initialize_distributed(num_processes=1, process_id=0) is False
 
 
+def test_initialize_distributed_auto_detect_calls_jax(monkeypatch):
+  """--distributed: jax.distributed.initialize() detects the cluster; given flags win."""
+  calls = []
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
+  assert parallel.initialize_distributed(auto_detect=True) is True
+  assert calls == [("jax_cpu_collectives_implementation", "gloo"),
+                   dict(coordinator_address=None, num_processes=None, process_id=None,
+                        local_device_ids=None)]
+  calls.clear()
+  assert parallel.initialize_distributed("h:1", num_processes=4, process_id=3,
+                                         cpu_collectives=None, auto_detect=True) is True
+  assert calls == [dict(coordinator_address="h:1", num_processes=4, process_id=3,
+                        local_device_ids=None)]
+
+
 def test_initialize_distributed_validates():
   with pytest.raises(ValueError, match="coordinator_address"):
     parallel.initialize_distributed(num_processes=2, process_id=0)

@@ -1,18 +1,96 @@
 """orbax checkpoints: train state + data-iterator state, periodic and final, keep-N, async.
 
-Layout: DIR/checkpoints/<step>/{state, data}. `state` is the TrainState pytree
-(StandardSave), `data` the loader's JSON state (JsonSave). A checkpoint that cannot be
-restored (partially written, truncated or deleted files) is moved to
-DIR/checkpoints_unreadable/<step> and the previous one is used instead.
+Layout: DIR/checkpoints/<step>/{state, data, manifest.json}. `state` is the TrainState
+pytree (StandardSave), `data` the loader's JSON state (JsonSave), `manifest.json` the size
+and CRC-32 of every file of the finished checkpoint (written once orbax has committed it).
+
+Restoring never guesses. A checkpoint whose restore fails is set aside (moved to
+DIR/checkpoints_unreadable/<step>, the previous one is used instead) only when it is
+*shown* to be incomplete or corrupt: orbax's commit record is missing, or a file listed in
+its manifest is missing or differs in size or checksum. Any other restore error (a
+transient I/O error, out of memory, a state of another shape) stops with
+`CheckpointRestoreError` naming the cause, and nothing is moved.
+
+With several processes every process takes part in saving and restoring (orbax
+coordinates them); process 0 writes manifests and moves checkpoints aside.
 """
+import json
 import os
 import shutil
 import time
+import zlib
 from typing import Any, Optional, Tuple
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+MANIFEST = "manifest.json"
+COMMIT_RECORD = "_CHECKPOINT_METADATA"   # written by orbax when a checkpoint is committed
+
+
+class CheckpointRestoreError(RuntimeError):
+  """A checkpoint could not be restored and is not shown to be damaged; nothing moved."""
+
+
+def _crc32(path: str) -> int:
+  crc = 0
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      crc = zlib.crc32(chunk, crc)
+  return crc
+
+
+def _files(folder: str):
+  """Relative paths of the files under `folder` (the manifest excluded), sorted."""
+  out = []
+  for dirpath, _, names in os.walk(folder):
+    for name in names:
+      rel = os.path.relpath(os.path.join(dirpath, name), folder)
+      if rel != MANIFEST:
+        out.append(rel)
+  return sorted(out)
+
+
+def write_manifest(folder: str) -> None:
+  """Writes `folder`/manifest.json: {relative path: [size, crc32]} (atomically)."""
+  entries = {rel: [os.path.getsize(os.path.join(folder, rel)),
+                   _crc32(os.path.join(folder, rel))] for rel in _files(folder)}
+  tmp = os.path.join(folder, MANIFEST + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump({"files": entries}, f, indent=0, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(folder, MANIFEST))
+
+
+def find_damage(folder: str) -> Optional[str]:
+  """What shows that the checkpoint in `folder` is incomplete or corrupt, or None.
+
+  None means nothing is shown to be wrong (including: no manifest to check against).
+  """
+  if not os.path.isdir(folder):
+    return f"{folder} is missing"
+  if not os.path.exists(os.path.join(folder, COMMIT_RECORD)):
+    return f"orbax's commit record {COMMIT_RECORD} is missing (an incomplete save)"
+  manifest_path = os.path.join(folder, MANIFEST)
+  if not os.path.exists(manifest_path):
+    return None
+  try:
+    with open(manifest_path) as f:
+      entries = json.load(f)["files"]
+  except (OSError, ValueError, KeyError) as e:
+    return f"its manifest cannot be read ({type(e).__name__}: {e})"
+  for rel, (size, crc) in sorted(entries.items()):
+    path = os.path.join(folder, rel)
+    if not os.path.exists(path):
+      return f"file {rel} is missing"
+    if os.path.getsize(path) != size:
+      return f"file {rel} has {os.path.getsize(path)} bytes, {size} were written"
+    if _crc32(path) != crc:
+      return f"file {rel} differs from what was written (CRC-32)"
+  return None
 
 
 class Checkpointer:
@@ -35,6 +113,7 @@ class Checkpointer:
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "data"))
+    self._unmanifested = []   # steps saved by this object whose manifest is not written
 
   def latest_step(self) -> Optional[int]:
     """The newest finished checkpoint's step, or None."""
@@ -49,10 +128,14 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_state: Any, *, force: bool = True) -> bool:
     """Starts saving `state` and the JSON-able `data_state` at `step`."""
-    return self._manager.save(
+    self.wait()   # orbax waits for the previous save anyway; finish its manifest first
+    saved = self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       data=ocp.args.JsonSave(data_state)),
         force=force)
+    if saved:
+      self._unmanifested.append(step)
+    return saved
 
   def restore(self, step: int, target: Any) -> Tuple[Any, Any]:
     """Restores (state, data_state) at `step`; `target` gives structure, dtypes, shardings."""
@@ -65,24 +148,37 @@ class Checkpointer:
   def restore_latest(self, target: Any) -> Optional[Tuple[int, Any, Any]]:
     """Restores the newest checkpoint that can be read, newest first.
 
-    A checkpoint that fails to restore is logged as a warning and moved aside to
-    `<directory>_unreadable/<step>` (kept, so nothing is lost; out of the way of the
-    saves that re-create its step).
+    A checkpoint that fails to restore and is shown to be incomplete or corrupt
+    (`find_damage`) is logged as a warning and moved aside to
+    `<directory>_unreadable/<step>` (kept, so nothing is lost; out of the way of the saves
+    that re-create its step); the previous one is tried next.
 
     Args:
       target: gives structure, dtypes and shardings (see `restore`).
 
     Returns:
-      (step, state, data_state), or None when there is no readable checkpoint.
+      (step, state, data_state), or None when there is no checkpoint.
+
+    Raises:
+      CheckpointRestoreError: a restore failed and the checkpoint is not shown to be
+        damaged (e.g. an I/O error, out of memory, a model of another shape); names the
+        checkpoint and the cause. Nothing is moved.
     """
     for step in sorted(self.all_steps(), reverse=True):
       try:
         state, data_state = self.restore(step, target)
       except Exception as e:  # orbax raises many types for missing or truncated files.
+        cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        damage = find_damage(self.path(step))
+        if damage is None:
+          raise CheckpointRestoreError(
+              f"checkpoint {self.path(step)} cannot be restored ({cause}), and it is not "
+              "shown to be incomplete or corrupt, so nothing was moved; fix the cause "
+              "and rerun (or move the checkpoint away to resume from an older one)"
+          ) from e
         moved = self._move_aside(step)
-        logging.warning("checkpoint %s cannot be restored (%s: %s); moved it to %s and "
-                        "trying the previous one", self.path(step), type(e).__name__,
-                        str(e).splitlines()[0] if str(e) else "", moved)
+        logging.warning("checkpoint %s cannot be restored (%s): %s; moved it to %s and "
+                        "trying the previous one", self.path(step), cause, damage, moved)
         continue
       return step, state, data_state
     return None
@@ -91,19 +187,28 @@ class Checkpointer:
     """Moves checkpoint `step` to <directory>_unreadable/ and returns its new path."""
     dest_dir = self.directory + "_unreadable"
     dest = os.path.join(dest_dir, str(step))
+    if os.path.exists(dest):
+      dest = f"{dest}.{int(time.time())}"
     if jax.process_index() == 0:   # one process moves it on a shared file system
       os.makedirs(dest_dir, exist_ok=True)
-      if os.path.exists(dest):
-        dest = f"{dest}.{int(time.time())}"
       shutil.move(self.path(step), dest)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"projnce_move_aside_{step}")
     self._manager.reload()
     return dest
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk."""
+    """Blocks until pending asynchronous saves are on disk, and writes their manifests."""
     self._manager.wait_until_finished()
+    pending, self._unmanifested = self._unmanifested, []
+    if jax.process_index() != 0:
+      return
+    for step in pending:
+      folder = self.path(step)
+      if os.path.exists(os.path.join(folder, COMMIT_RECORD)):
+        write_manifest(folder)
 
   def close(self) -> None:
-    """Waits for pending saves and releases resources."""
-    self._manager.wait_until_finished()
+    """Waits for pending saves (and their manifests) and releases resources."""
+    self.wait()
     self._manager.close()

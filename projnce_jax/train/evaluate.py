@@ -5,10 +5,16 @@ Protocol: features come from the encoder (before the projection head) in inferen
 accuracy after its *final* epoch (never the best epoch on the test set). The kNN
 classifier is the weighted cosine kNN of InstDisc (Wu et al. 2018) and the SupCon
 repositories: k = 200 neighbours, votes exp(cos / T), T = 0.07.
+
+With several processes, every process feeds its rows of each evaluation batch and
+`extract_features` gathers the features, labels, indices and masks of all processes, so
+every process holds the whole split (in the order of one global batch after another) and
+the probe and kNN see the same data as on one process.
 """
 from typing import Any, Callable, Dict, Iterable, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -28,6 +34,13 @@ def make_feature_fn(model, eval_inputs: Callable[[Dict[str, jax.Array]], jax.Arr
   return fn
 
 
+def _to_host(x) -> np.ndarray:
+  """A device array as numpy; an array spanning processes is gathered first."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
 def extract_features(feature_fn, params, batch_stats, batches: Iterable[Dict[str, Any]],
                      *, put: Optional[Callable] = None) -> Dict[str, np.ndarray]:
   """Runs `feature_fn` over a finite iterator of batches, dropping padded rows.
@@ -35,20 +48,28 @@ def extract_features(feature_fn, params, batch_stats, batches: Iterable[Dict[str
   Args:
     feature_fn: from `make_feature_fn`.
     params, batch_stats: model variables.
-    batches: iterator of host batches with "mask", "label", "index".
-    put: optional host -> device transfer (e.g. sharding over a mesh).
+    batches: iterator of host batches with "mask", "label", "index" (with several
+      processes: this process's rows of each global batch; every process must yield the
+      same number of batches).
+    put: optional host -> device transfer (e.g. sharding over a mesh; with several
+      processes it assembles the global batch from every process's rows).
 
   Returns:
     {"features": [n, f], "z": [n, d] (if the model has a head), "label": [n],
-    "index": [n]} as numpy arrays, in the iterator's order.
+    "index": [n]} as numpy arrays, in the iterator's order (of global batches), the same
+    on every process.
   """
+  gather_rows = put is not None and jax.process_count() > 1
   parts: Dict[str, list] = {}
   for batch in batches:
-    mask = np.asarray(batch["mask"])
+    rows = {k: np.asarray(batch[k]) for k in ("mask", "label", "index")}
     dev_batch = put(batch) if put is not None else batch
-    out = jax.device_get(feature_fn(params, batch_stats, dev_batch))
-    out["label"] = np.asarray(batch["label"])
-    out["index"] = np.asarray(batch["index"])
+    out = {k: _to_host(v) for k, v in feature_fn(params, batch_stats, dev_batch).items()}
+    if gather_rows:   # the global batch is the processes' rows in process order
+      rows = {k: np.asarray(v) for k, v in
+              multihost_utils.process_allgather(rows, tiled=True).items()}
+    mask = rows.pop("mask")
+    out.update(rows)
     for k, v in out.items():
       parts.setdefault(k, []).append(np.asarray(v)[mask])
   return {k: np.concatenate(v) for k, v in parts.items()}

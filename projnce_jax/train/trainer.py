@@ -5,11 +5,22 @@ WORKDIR/<name> followed by a comparison table. Rerunning the same command on the
 workdir resumes from the newest readable checkpoint (state, data-iterator position, RNG)
 and reaches the same final metrics as an uninterrupted run.
 
-Faults: the config and workdir are checked before anything is loaded (`validate.py`); a
-non-finite loss, gradient, metric or parameter stops the run naming the step and the last
-good checkpoint (or, with `skip_nonfinite_updates`, bad updates are skipped and counted);
-an unreadable newest checkpoint is set aside for the previous one; SIGTERM saves a
-checkpoint at the next step boundary and raises `Preempted`.
+Faults: the config and workdir are checked before anything is loaded (`validate.py`), and
+a rerun whose config differs from the one kept with the workdir's checkpoints in anything
+but `RESUME_SAFE_KEYS` is refused before anything is touched; a non-finite loss, gradient,
+metric or parameter stops the run naming the step and the last good checkpoint (or, with
+`skip_nonfinite_updates`, bad updates are skipped and counted); a newest checkpoint shown
+to be incomplete or corrupt is set aside for the previous one, any other restore error
+stops the run (`CheckpointRestoreError`); SIGTERM saves a checkpoint at the next step
+boundary and raises `Preempted`. Metric records after the restored step are moved to a
+side file, never dropped; config.json and results.json are written atomically, and the
+metrics are fsynced at every checkpoint.
+
+Several processes (`jax.distributed`): each feeds its rows of every global batch, all take
+part in the checkpoints, evaluation gathers the features of every process, and process 0
+writes config.json, metrics, results and the report. A SIGTERM to any one process stops
+every process at the same step (`multihost_utils.reached_preemption_sync_point`), after
+one checkpoint of that step.
 """
 import json
 import math
@@ -21,6 +32,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -44,11 +56,13 @@ from projnce_jax.train.optim import warmup_cosine
 from projnce_jax.train.state import create_train_state
 from projnce_jax.train.state import make_tx
 from projnce_jax.train.step import make_train_step
+from projnce_jax.train.validate import check_rerun
 from projnce_jax.train.validate import check_workdir
 from projnce_jax.train.validate import validate_config
 from projnce_jax.train.validate import validate_run
 from projnce_jax.train.writers import MetricWriter
 from projnce_jax.train.writers import read_metrics
+from projnce_jax.train.writers import write_text_atomic
 
 Hook = Callable[[int, Any, Dict[str, Any]], None]
 AXIS = "data"
@@ -59,12 +73,8 @@ def _is_main_process() -> bool:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` as indented JSON (atomically: temp file + rename)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  """Writes `obj` as indented JSON (atomically: temp file, fsync, rename)."""
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def uses_mlp_projection(config: ml_collections.ConfigDict) -> bool:
@@ -227,11 +237,27 @@ class Preempted(Exception):
 
 
 class _StopFlag:
-  """Set by SIGTERM while installed (main thread only); restores the old handler."""
+  """Whether to stop for a SIGTERM after this step; the same answer on every process.
+
+  One process: set by a Python SIGTERM handler while installed (main thread only; the old
+  handler is restored on exit). Several processes: JAX's preemption service (its SIGTERM
+  handler notifies every process through the coordinator) answers
+  `reached_preemption_sync_point(step)`, True at the same step on all of them.
+  """
 
   def __init__(self):
     self.is_set = False
     self._previous = None
+    self._synced = jax.process_count() > 1
+
+  def should_stop(self, step: int) -> bool:
+    """Called once per step, by every process, in the same order."""
+    if self._synced:
+      self.is_set = multihost_utils.reached_preemption_sync_point(step)
+      if self.is_set:
+        logging.warning("preemption notice (SIGTERM to a process of this run): saving a "
+                        "checkpoint of step %d", step)
+    return self.is_set
 
   def _handle(self, signum, frame):
     del frame
@@ -240,7 +266,7 @@ class _StopFlag:
                     signum)
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if not self._synced and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -293,7 +319,7 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
                       async_save=config.async_checkpoints)
   state = exp.init_state()
   loader = exp.train_loader()
-  restored = ckpt.restore_latest(state)
+  restored = ckpt.restore_latest(state)   # CheckpointRestoreError: nothing was moved
   start = 0
   if restored is not None:
     start, state, data_state = restored
@@ -340,12 +366,12 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
                           probe=f"{values['probe_accuracy']:.3f}")
       saved = step % config.checkpoint_every == 0 or is_last
       if saved:
-        _save(ckpt, step, state, loader)
+        _save(ckpt, step, state, loader, writer)
       for hook in hooks:
         hook(step, state, record)
-      if stop.is_set:
+      if stop.should_stop(step):
         if not saved:
-          _save(ckpt, step, state, loader)
+          _save(ckpt, step, state, loader, writer)
         ckpt.wait()
         raise Preempted(step, ckpt.path(step))
   finally:
@@ -360,10 +386,14 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
           "train_seconds": time.perf_counter() - t_start}
 
 
-def _save(ckpt: Checkpointer, step: int, state, loader) -> None:
-  """Saves a checkpoint after checking that the parameters are finite."""
+def _save(ckpt: Checkpointer, step: int, state, loader, writer: MetricWriter) -> None:
+  """Saves a checkpoint after checking that the parameters are finite.
+
+  The metrics logged so far are fsynced first: a checkpoint never gets ahead of them.
+  """
   if not bool(_all_finite((state.params, state.batch_stats))):
     raise _non_finite_error("non-finite parameters", step, ckpt)
+  writer.sync()
   ckpt.save(step, state, loader.get_state())
 
 
@@ -414,13 +444,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     The results dict (also written to WORKDIR/results.json).
 
   Raises:
-    KeyError, TypeError, ValueError: a bad config field (see `validate_config`).
+    KeyError, TypeError, ValueError: a bad config field (see `validate_config`), or
+      a rerun whose config differs from the workdir's checkpoints (`check_rerun`).
     OSError: `workdir` is not writable or has less than `min_free_disk_mb` free.
+    CheckpointRestoreError: a checkpoint cannot be restored for a reason other than
+      being shown incomplete or corrupt (nothing was moved).
   """
   validate_run(config, workdir)
+  check_rerun(config, workdir)
   if _is_main_process():
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2) + "\n")
+    write_text_atomic(os.path.join(workdir, "config.json"),
+                      config.to_json_best_effort(indent=2) + "\n")
   exp = Experiment(config)
   out = train(exp, workdir, hooks=hooks, desc=name or config.method)
   ev = evaluate(exp, out["state"])
@@ -468,6 +502,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence[Hook
   """
   validate_config(config)
   check_workdir(workdir, min_free_mb=config.min_free_disk_mb)
+  for spec in config.runs:   # every run's workdir, before any run starts
+    check_rerun(apply_overrides(config, spec), os.path.join(workdir, spec["name"]))
   if not config.runs:
     return train_and_evaluate(config, workdir, hooks=hooks)
   all_results = []

@@ -6,18 +6,24 @@ of range (`loss.temperature <= 0`, `dataset.label_noise` outside [0, 1)), unknow
 (method, projection, impl, optimizer, model, dataset, dtype) and impossible combinations
 (`orthogonal` with `model.proj_dim` < the dataset's classes, `batch_size` not divisible by
 the device count, `loss.impl="ring"` on one device). `check_workdir(workdir)` makes sure the
-workdir can be written and has free space.
+workdir can be written and has free space. `check_rerun(config, workdir)` compares a
+rerun's config with the one kept beside the workdir's checkpoints: fields in
+`RESUME_SAFE_KEYS` may change (logged), any other difference is refused before anything
+is touched.
 
 Example:
   >>> validate_config(config)          # ValueError / TypeError / KeyError on a bad field
   >>> check_workdir("/tmp/run", min_free_mb=64)
+  >>> check_rerun(config, "/tmp/run")  # ConfigError listing the changed fields
 """
+import json
 import math
 import numbers
 import os
 import shutil
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
+from absl import logging
 import jax
 import ml_collections
 
@@ -32,6 +38,12 @@ from projnce_jax.train.step import METHODS
 OPTIMIZERS = ("sgd", "lars", "adamw")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 FREE_FORM = ("dataset.augment",)   # keyword arguments of the augmentation: any keys
+# Fields a rerun may change on a workdir with checkpoints: the length of training, the
+# logging and checkpoint cadence, the progress display and the start-up disk check.
+# Any other change (shapes, data, objective, optimiser, seeds, evaluation) is refused.
+RESUME_SAFE_KEYS = ("num_epochs", "num_steps", "log_every", "checkpoint_every",
+                    "keep_checkpoints", "async_checkpoints", "progress", "min_free_disk_mb")
+_ABSENT = "<absent>"
 
 
 class ConfigError(ValueError):
@@ -256,3 +268,86 @@ def validate_run(config: ml_collections.ConfigDict, workdir: Optional[str]) -> N
   validate_config(config)
   if workdir is not None:
     check_workdir(workdir, min_free_mb=config.min_free_disk_mb)
+
+
+# -- reruns on an existing workdir ---------------------------------------------------------
+
+
+def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+  if isinstance(tree, Mapping):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out if out or not prefix else {prefix[:-1]: {}}
+  return {prefix[:-1]: tree}
+
+
+def config_differences(saved: Mapping[str, Any], new: Mapping[str, Any]
+                       ) -> Tuple[List[Tuple[str, Any, Any]], List[Tuple[str, Any, Any]]]:
+  """(safe, unsafe) lists of (key, saved value, new value) between two JSON configs.
+
+  Args:
+    saved, new: configs as JSON-decoded dicts (`ConfigDict.to_json_best_effort`).
+
+  Returns:
+    Differences in `RESUME_SAFE_KEYS` and all others, each sorted by key; a key present
+    in one config only shows "<absent>" on the other side.
+  """
+  a, b = _flatten(saved), _flatten(new)
+  safe, unsafe = [], []
+  for key in sorted(set(a) | set(b)):
+    old, cur = a.get(key, _ABSENT), b.get(key, _ABSENT)
+    if old != cur:
+      (safe if key in RESUME_SAFE_KEYS else unsafe).append((key, old, cur))
+  return safe, unsafe
+
+
+def has_checkpoints(workdir: str) -> bool:
+  """Whether WORKDIR/checkpoints holds a (finished) checkpoint folder."""
+  folder = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(folder) and any(
+      name.isdigit() and os.path.isdir(os.path.join(folder, name))
+      for name in os.listdir(folder))
+
+
+def check_rerun(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a rerun whose config differs from the one kept with the checkpoints.
+
+  When WORKDIR/checkpoints holds a checkpoint and WORKDIR/config.json the config it was
+  written with, every field is compared. Changes to `RESUME_SAFE_KEYS` are logged as
+  warnings; any other change raises before anything in the workdir is touched. A workdir
+  without checkpoints (a new run, or one stopped before its first checkpoint) is not
+  checked.
+
+  Args:
+    config: the config of the rerun (one run; `runs` entries are checked one by one).
+    workdir: its workdir.
+
+  Raises:
+    ConfigError: naming each differing key with the saved and the new value.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not has_checkpoints(workdir):
+    return
+  if not os.path.exists(path):
+    logging.warning("%s has checkpoints but no config.json; cannot check that this config "
+                    "matches them", workdir)
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path} (the config of the checkpoints in {workdir}) cannot be read "
+                      f"({type(e).__name__}: {e}); nothing was changed") from e
+  new = json.loads(config.to_json_best_effort())
+  safe, unsafe = config_differences(saved, new)
+  if unsafe:
+    listing = "; ".join(f"{k}: {old!r} (checkpoints) vs {cur!r} (now)"
+                        for k, old, cur in unsafe)
+    raise ConfigError(
+        f"workdir {workdir} holds checkpoints of a run with a different config; refusing "
+        f"to resume and nothing was changed. Differing fields: {listing}. Rerun with the "
+        f"saved values ({path}) or use a new workdir. Fields that may change on resume: "
+        f"{', '.join(RESUME_SAFE_KEYS)}")
+  for key, old, cur in safe:
+    logging.warning("resuming %s with %s changed: %r -> %r", workdir, key, old, cur)

@@ -1,10 +1,21 @@
-"""Metric writers: JSON lines (always), TensorBoard (tensorboardX)."""
+"""Metric writers: JSON lines (always), TensorBoard (tensorboardX).
+
+Durability: records are appended and flushed one per line, and `sync()` (called at every
+checkpoint) fsyncs them, so a checkpoint never refers to metrics that could still be lost.
+Nothing is ever deleted: on resume, records written after the restored step and a torn
+last line (a crash in the middle of an append) are moved to
+`metrics.set_aside.jsonl` before `metrics.jsonl` is rewritten atomically.
+"""
 import json
 import math
 import os
-from typing import Any, Dict, List, Mapping, Optional
+import time
+from typing import Any, Dict, List, Mapping, Tuple
 
+from absl import logging
 import numpy as np
+
+SET_ASIDE = "metrics.set_aside.jsonl"
 
 
 def _to_python(v: Any) -> Any:
@@ -15,19 +26,72 @@ def _to_python(v: Any) -> Any:
   return v
 
 
-def read_metrics(path: str) -> List[Dict[str, Any]]:
-  """The records of a metrics.jsonl file ([] when it does not exist)."""
+def _parse(path: str) -> Tuple[List[Tuple[str, Dict[str, Any]]], List[str]]:
+  """The (line, record) pairs of a JSON-lines file and its unreadable lines."""
+  good, bad = [], []
   if not os.path.exists(path):
-    return []
+    return good, bad
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split("\n")
+  for line in lines:
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    except ValueError:
+      bad.append(line)
+      continue
+    good.append((line, record))
+  return good, bad
+
+
+def read_metrics(path: str) -> List[Dict[str, Any]]:
+  """The records of a metrics.jsonl file ([] when it does not exist).
+
+  Lines that are not JSON objects (a torn last line after a crash) are skipped with a
+  warning.
+  """
+  good, bad = _parse(path)
+  if bad:
+    logging.warning("%s: skipped %d unreadable line(s) (a torn write?): %s", path,
+                    len(bad), [b[:80] for b in bad])
+  return [r for _, r in good]
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file, fsync and rename."""
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_dir(path: str) -> None:
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
 
 
 class MetricWriter:
   """Appends `{"step": s, ...}` records to DIR/metrics.jsonl and TensorBoard events.
 
   On resume from step `start_step`, records with step > start_step (written after the
-  checkpoint the run resumes from) are dropped, so the file reads as one uninterrupted run.
+  checkpoint the run resumes from) and unreadable lines are moved to
+  DIR/metrics.set_aside.jsonl (each as {"set_aside_at", "resumed_from_step", "record"
+  or "unreadable_line"}), so metrics.jsonl reads as one uninterrupted run and nothing is
+  lost. A file that needs no change is left untouched.
 
   Args:
     workdir: output folder.
@@ -41,26 +105,55 @@ class MetricWriter:
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
+    self._file = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= start_step]
-    with open(self.path, "w") as f:
-      for r in kept:
-        f.write(json.dumps(r) + "\n")
+    self._set_aside_later_records(start_step)
+    self._file = open(self.path, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                                purge_step=start_step + 1 if start_step else None)
 
+  def _set_aside_later_records(self, start_step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    good, bad = _parse(self.path)
+    kept = [line for line, r in good if r.get("step", 0) <= start_step]
+    later = [r for _, r in good if r.get("step", 0) > start_step]
+    with open(self.path) as f:
+      ends_cleanly = f.read().endswith("\n") or os.path.getsize(self.path) == 0
+    if not later and not bad and ends_cleanly:
+      return
+    if bad:
+      logging.warning("%s: %d unreadable line(s) (a torn write?) moved to %s", self.path,
+                      len(bad), SET_ASIDE)
+    if later:
+      logging.warning("%s: %d record(s) after the restored step %d (steps %d..%d) moved "
+                      "to %s", self.path, len(later), start_step, later[0].get("step"),
+                      later[-1].get("step"), SET_ASIDE)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    aside = [{"set_aside_at": stamp, "resumed_from_step": start_step, "record": r}
+             for r in later]
+    aside += [{"set_aside_at": stamp, "resumed_from_step": start_step,
+               "unreadable_line": line} for line in bad]
+    if aside:
+      with open(os.path.join(os.path.dirname(self.path), SET_ASIDE), "a") as f:
+        for entry in aside:
+          f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+
   def write(self, step: int, metrics: Mapping[str, Any]) -> Dict[str, Any]:
-    """Writes one record and returns it as plain Python values."""
+    """Writes one record (flushed) and returns it as plain Python values."""
     record = {"step": int(step)}
     record.update({k: _to_python(v) for k, v in metrics.items()})
     if not self.enabled:
       return record
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
     if self._tb is not None:
       for k, v in record.items():
         if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
@@ -68,7 +161,17 @@ class MetricWriter:
       self._tb.flush()
     return record
 
+  def sync(self) -> None:
+    """Flushes and fsyncs the records written so far (called at every checkpoint)."""
+    if self._file is not None:
+      self._file.flush()
+      os.fsync(self._file.fileno())
+
   def close(self) -> None:
+    if self._file is not None:
+      self.sync()
+      self._file.close()
+      self._file = None
     if self._tb is not None:
       self._tb.close()
       self._tb = None

@@ -38,6 +38,19 @@ def tiny_digits_config(data_dir, **overrides):
   return apply_overrides(c, overrides) if overrides else c
 
 
+class Interrupt(Exception):
+  """Raised by `interrupt_after`: a crash in the middle of training."""
+
+
+def interrupt_after(k):
+  """A trainer hook that raises `Interrupt` after step `k` (its checkpoint, if any, saved)."""
+  def hook(step, state, record):
+    del state, record
+    if step == k:
+      raise Interrupt(step)
+  return hook
+
+
 @pytest.fixture
 def tiny_config(digits_dir):
   return lambda **kw: tiny_digits_config(digits_dir, **kw)

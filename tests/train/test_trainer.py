@@ -11,6 +11,8 @@ from projnce_jax.train import trainer
 from projnce_jax.train import train_and_evaluate
 from projnce_jax.train.trainer import method_label
 from projnce_jax.train.writers import read_metrics
+from tests.train.conftest import Interrupt
+from tests.train.conftest import interrupt_after
 
 LOGGED = ("loss", "infonce_term", "adjustment", "mi_lower_bound", "learning_rate",
           "probe_accuracy", "examples_per_sec_per_device", "step_time_s")
@@ -42,25 +44,13 @@ def test_digits_loss_falls_and_probe_beats_chance(tiny_config, tmp_path):
   assert "| linear probe (%) |" in (tmp_path / "report.md").read_text()
 
 
-class Interrupt(Exception):
-  pass
-
-
-def _interrupt_after(k):
-  def hook(step, state, record):
-    del state, record
-    if step == k:
-      raise Interrupt(step)
-  return hook
-
-
 def test_interrupted_run_resumes_to_identical_results(tiny_config, tmp_path):
   config = tiny_config(num_steps=12, checkpoint_every=5, log_every=1)
   ref = train_and_evaluate(config, str(tmp_path / "ref"))
 
   workdir = str(tmp_path / "run")
   with pytest.raises(Interrupt):
-    train_and_evaluate(config, workdir, hooks=[_interrupt_after(7)])
+    train_and_evaluate(config, workdir, hooks=[interrupt_after(7)])
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["5"]
   assert not os.path.exists(os.path.join(workdir, "results.json"))
   resumed = train_and_evaluate(config, workdir)
