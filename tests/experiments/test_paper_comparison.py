@@ -33,7 +33,8 @@ def test_small_setting_end_to_end_and_resume(tmp_path):
     assert cell["status"] == "ok"
     assert 0.0 <= cell["linear_probe_accuracy"] <= 1.0
     assert 0.0 <= cell["knn_accuracy"] <= 1.0
-    assert cell["mi_lower_bound"] is not None  # both cells are contrastive
+    assert cell["heldout_mi_bound"] is not None  # both cells are contrastive
+    assert cell["train_batch_mi_estimate"] is not None
     workdir = (tmp_path / "runs" / "mnist5k" / f"noise{cell['noise']:g}" / cell["method"]
                / f"seed{cell['seed']}")
     assert (workdir / "results.json").exists() and (workdir / "metrics.jsonl").exists()
@@ -44,7 +45,7 @@ def test_small_setting_end_to_end_and_resume(tmp_path):
   text = (tmp_path / "results.md").read_text()
   assert "Command: `" in text and "Machine: " in text and "CPU cores" in text
   table = [l for l in text.splitlines() if l.startswith("| ")]
-  assert table[0].startswith("| method | probe, noise 0.3 | kNN, noise 0.3 | MI bound, noise 0.3")
+  assert table[0].startswith("| method | probe, noise 0.3 | kNN, noise 0.3 | held-out MI bound, noise 0.3")
   assert any(l.startswith("| supcon |") for l in table)
   assert any(l.startswith("| projnce_centroid |") for l in table)
   assert "## Verdict" in text

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FINAL = ("linear_probe_accuracy", "knn_accuracy", "online_probe_accuracy", "final_loss",
-         "mi_lower_bound")
+         "train_batch_mi_estimate", "heldout_mi_bound")
 
 
 def _command(workdir, data_dir):
