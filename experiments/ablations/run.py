@@ -195,10 +195,11 @@ def _ci(c: Dict[str, Any], scale: float) -> str:
   if c["mean"] is None:
     return "-"
   if c["lo"] is None:
-    return f"{scale * c['mean']:+.2f} (n={c['n']})"
-  mark = " **" if c["excludes_zero"] else ""
-  return (f"{mark.strip()}{scale * c['mean']:+.2f} [{scale * c['lo']:+.2f}, "
-          f"{scale * c['hi']:+.2f}]{mark.strip()}")
+    return f"{scale * c['mean']:+.{2 if scale > 1 else 4}f} (n={c['n']})"
+  mark = "**" if c["excludes_zero"] else ""
+  d = 2 if scale > 1 else 4
+  return (f"{mark}{scale * c['mean']:+.{d}f} [{scale * c['lo']:+.{d}f}, "
+          f"{scale * c['hi']:+.{d}f}]{mark}")
 
 
 def grid_table(summary, grid: Grid, group: str, metric: str, scale: float) -> List[str]:
