@@ -1,4 +1,9 @@
-"""Results tables (markdown/JSON) and plots: loss and accuracy curves, t-SNE, MI bound.
+"""Results tables (markdown/JSON) and plots: loss and accuracy curves, t-SNE, MI figures.
+
+MI columns: "held-out MI bound" is the bound evaluated after training on the eval split
+(clean labels, one view per example; `train/mi_eval.py`); "train-batch MI estimate" is the
+last training batch's log(N-1) - infonce_term - adjustment, an estimate that can exceed
+I(X;C), never called a bound.
 
 Per run (WORKDIR):      report.md, curves.png, tsne.png, tsne.npz
 Comparison (WORKDIR):   report.md (table of all runs), curves.png, tsne.png
@@ -23,7 +28,8 @@ COLUMNS = (
     ("knn_accuracy", "kNN (%)", "{:.2f}", 100.0),
     ("online_probe_accuracy", "online probe (%)", "{:.2f}", 100.0),
     ("final_loss", "final loss", "{:.4f}"),
-    ("mi_lower_bound", "MI bound (nats)", "{:.3f}"),
+    ("heldout_mi_bound", "held-out MI bound (nats)", "{:.3f}"),
+    ("train_batch_mi_estimate", "train-batch MI estimate (nats)", "{:.3f}"),
     ("train_seconds", "train time (s)", "{:.0f}"),
 )
 
@@ -68,9 +74,13 @@ def _scatter(ax, emb, labels, title):
 
 
 def plot_curves(runs: Dict[str, List[Dict[str, Any]]], path: str) -> None:
-  """Loss, online-probe accuracy and MI bound against step, one line per run."""
+  """Loss, online-probe accuracy and the train-batch MI estimate against step, per run.
+
+  The logged `mi_lower_bound` of a training batch is plotted as an estimate (it is not a
+  bound on data the critic was fitted to).
+  """
   keys = [("loss", "training loss"), ("probe_accuracy", "online probe accuracy"),
-          ("mi_lower_bound", "MI lower bound (nats)")]
+          ("mi_lower_bound", "train-batch MI estimate (nats)")]
   keys = [k for k in keys if any(k[0] in r for recs in runs.values() for r in recs)]
   fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
   for ax, (key, title) in zip(axes[0], keys):
@@ -86,6 +96,21 @@ def plot_curves(runs: Dict[str, List[Dict[str, Any]]], path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _mi_note(results: Dict[str, Any]) -> str:
+  """One sentence on what the two MI columns are (and the held-out set's size)."""
+  if results.get("heldout_mi_bound") is None:
+    return ("MI: no held-out bound for this method; the train-batch estimate (if any) is "
+            "not a bound.")
+  se = results.get("heldout_mi_bound_se")
+  se_txt = f" +- {se:.3f} (s.e.)" if se is not None else ""
+  return (f"Held-out MI bound: {results['heldout_mi_bound']:.3f}{se_txt} nats on the "
+          f"{results.get('heldout_mi_split', 'test')} split, clean labels, one view per "
+          f"example, {results.get('heldout_mi_num_batches')} batches of "
+          f"{results.get('heldout_mi_batch_size')} rows. The train-batch estimate comes from "
+          "the last training batch (fitted parameters, training labels, two views) and is "
+          "not a bound.")
 
 
 def write_run_report(workdir: str, results: Dict[str, Any],
@@ -114,7 +139,8 @@ def write_run_report(workdir: str, results: Dict[str, Any],
            f"{results.get('batch_size')}, {results.get('num_devices')} device(s), model "
            f"{results.get('model')}, label noise {results.get('label_noise')}.",
            "Linear probe: frozen encoder features, test accuracy after the final epoch. "
-           "kNN: cosine, k=200, temperature-weighted votes.", "",
+           "kNN: cosine, k=200, temperature-weighted votes.",
+           _mi_note(results), "",
            "![curves](curves.png)", ""]
   if has_tsne:
     lines += ["![t-SNE](tsne.png)", ""]

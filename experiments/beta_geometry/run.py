@@ -156,14 +156,14 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> Dict[str, Optional[float
 
 
 def summarize(cells: List[Dict[str, Any]], runs: Sequence[str]) -> Dict[str, Dict[str, Any]]:
-  """Per run: mean/sd over seeds of accuracy, MI bound and the spread measures."""
+  """Per run: mean/sd over seeds of accuracy, held-out MI bound and the spread measures."""
   out = {}
   for name in runs:
     cs = [c for c in cells if c["run"] == name and c["status"] == "ok"]
     s = {"seeds": [c["seed"] for c in cs],
          "diverged": [c["seed"] for c in cells if c["run"] == name and c["status"] != "ok"]}
-    for key in ("linear_probe_accuracy", "knn_accuracy", "mi_lower_bound", "adjustment"):
-      s[key] = pc.mean_std([c[key] for c in cs])
+    for key in ("linear_probe_accuracy", "knn_accuracy", "heldout_mi_bound", "adjustment"):
+      s[key] = pc.mean_std([c.get(key) for c in cs])
     for space in ("z", "features"):
       for m in METRICS:
         vals = [c["geometry"][space][m] for c in cs]
@@ -340,7 +340,7 @@ def write_markdown(path: str, result: Dict[str, Any], runs: Sequence[str]) -> No
       "cosine distance of a point to its class-mean direction, inter = mean cosine distance "
       "between class-mean directions, ratio = intra / inter.", "",
       "Values: mean +- sd over seeds; accuracy in %.", "",
-      "| run | probe | kNN | MI bound (nats) | mean R | intra (z) | inter (z) | ratio (z) | "
+      "| run | probe | kNN | held-out MI bound (nats) | mean R (train batch) | intra (z) | inter (z) | ratio (z) | "
       "intra (h) | inter (h) | ratio (h) |",
       "|---|---|---|---|---|---|---|---|---|---|---|"]
   for name in runs:
@@ -348,7 +348,7 @@ def write_markdown(path: str, result: Dict[str, Any], runs: Sequence[str]) -> No
     bad = f" ({len(r['diverged'])} diverged)" if r["diverged"] else ""
     lines.append(
         f"| {name}{bad} | {_ms(r['linear_probe_accuracy'], 100, 2)} | "
-        f"{_ms(r['knn_accuracy'], 100, 2)} | {_ms(r['mi_lower_bound'])} | "
+        f"{_ms(r['knn_accuracy'], 100, 2)} | {_ms(r['heldout_mi_bound'])} | "
         f"{_ms(r['adjustment'])} | "
         + " | ".join(_ms(r[f"{sp}/{m}"], 1, 4) for sp in ("z", "features") for m in METRICS)
         + " |")
@@ -423,7 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     cell = dict(run=name, seed=seed, beta=beta, status=status,
                 wall_seconds=res.get("wall_seconds"),
                 **{k: res.get(k) for k in ("linear_probe_accuracy", "knn_accuracy",
-                                           "mi_lower_bound", "adjustment", "final_loss")})
+                                           "heldout_mi_bound", "adjustment", "final_loss")})
     if status == "ok":
       cell["geometry"] = geometry(workdir)
       if seed == setting.seeds[0]:

@@ -18,6 +18,14 @@ Estimates per batch (spec section 4):
     score is log p(c|x) up to a constant, the critic that makes the bound tight as N grows.
     A check that the Monte Carlo truth is reachable.
 
+Trained critics (section "Trained critics" of results.md, trained_critics.png): a small MLP
+encoder trained with ProjNCE (g+ = centroid, g- = sample, beta = 1, Adam) on n samples of
+the mixture, for several n, temperatures and seeds. Then the same quantity
+log(N-1) - infonce_term - adjustment is evaluated on training batches (rows the critic was
+fitted to: the figure a trainer logs; an estimate, not a bound) and on fresh held-out
+batches of N = 256 (the bound). The table says, per (tau, n), whether the training-batch
+estimate passes I(X;C) and whether the held-out bound stays below it.
+
 Usage::
 
   python experiments/mi_bound/run.py --out experiments/mi_bound          # full setting
@@ -39,10 +47,12 @@ import sys
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
+import optax
 
 import projnce_jax as pj
 
@@ -69,6 +79,13 @@ class Setting:
     mc_samples: Monte Carlo samples for I(X;C).
     chunk: batches evaluated together under vmap (memory bound).
     seed: base seed of the data and the mlp parameters.
+    train_sizes: training-set sizes n of the trained critics.
+    critic_temperatures: tau of the trained critics.
+    critic_seeds: seeds (initialisation and training set) per (n, tau).
+    critic_steps: Adam steps per critic (batches of min(n, critic_batch) rows).
+    critic_batch: rows per training step and per training-batch estimate.
+    critic_width: hidden width of the two-layer MLP encoder.
+    heldout_batches: fresh batches of N = critic_batch rows for the held-out bound.
   """
   num_classes: int = 8
   dim: int = 16
@@ -81,11 +98,19 @@ class Setting:
   mc_samples: int = 200_000
   chunk: int = 10
   seed: int = 0
+  train_sizes: Tuple[int, ...] = (64, 512, 4096, 32768)
+  critic_temperatures: Tuple[float, ...] = (0.1, 0.5)
+  critic_seeds: Tuple[int, ...] = (0, 1)
+  critic_steps: int = 600
+  critic_batch: int = 256
+  critic_width: int = 128
+  heldout_batches: int = 20
 
 
 FULL = Setting()
 SMALL = dataclasses.replace(FULL, batch_sizes=(64, 256), temperatures=(0.1, 1.0),
-                            num_batches=4, mc_samples=20_000, chunk=4)
+                            num_batches=4, mc_samples=20_000, chunk=4, train_sizes=(64, 1024),
+                            critic_temperatures=(0.5,), critic_steps=300, heldout_batches=8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +338,157 @@ def verdict(rows: Sequence[Row], cells: Dict[str, dict], t: Truth) -> dict:
 
 
 # ----------------------------------------------------------------------------------------
+# Trained critics.
+
+
+class CriticEncoder(nn.Module):
+  """x [b, d] -> embedding [b, d]: Dense(width) - relu - Dense(width) - relu - Dense(d)."""
+  width: int
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Dense(self.width)(x))
+    h = nn.relu(nn.Dense(self.width)(h))
+    return nn.Dense(x.shape[-1])(h)
+
+
+def train_critic(s: Setting, means: np.ndarray, n: int, tau: float, seed: int) -> dict:
+  """Trains one encoder with ProjNCE (beta = 1) on n samples; returns both MI figures.
+
+  Returns:
+    {"n", "tau", "seed", "train_estimate": mean over 8 training batches (rows of the
+    training set, without replacement within a batch), "train_rows": rows per training
+    batch, "heldout": mean over s.heldout_batches fresh batches, "heldout_se": its standard
+    error, "seconds"}.
+  """
+  t0 = time.perf_counter()
+  m = s.num_classes
+  rng = np.random.default_rng([s.seed, 7, n, seed])
+  x_np, y_np = sample_mixture(rng, means, s.sigma, (n,))
+  x, y = jnp.asarray(x_np), jnp.asarray(y_np, jnp.int32)
+  enc = CriticEncoder(s.critic_width)
+  params = enc.init(jax.random.key(seed), x[:2])
+  tx = optax.adam(1e-3)
+  rows = min(n, s.critic_batch)
+
+  def bound(p, xb, yb):
+    _, aux = pj.losses.projnce(enc.apply(p, xb), yb, temperature=tau, positive="centroid",
+                               negative="sample", beta=1.0, num_classes=m)
+    return aux["mi_lower_bound"]
+
+  @jax.jit
+  def step(p, st, key, x, y):
+    idx = jax.random.permutation(key, x.shape[0])[:rows]
+    # ProjNCE's loss is log(N-1) - mi_lower_bound at beta = 1: maximise the bound.
+    g = jax.grad(lambda p: -bound(p, x[idx], y[idx]))(p)
+    u, st = tx.update(g, st, p)
+    return optax.apply_updates(p, u), st
+
+  bound_jit = jax.jit(bound)
+  opt_state = tx.init(params)
+  key = jax.random.key(1000 + seed)
+  for i in range(s.critic_steps):
+    params, opt_state = step(params, opt_state, jax.random.fold_in(key, i), x, y)
+  train = [float(bound_jit(params, x[idx], y[idx])) for idx in
+           (rng.permutation(n)[:rows] for _ in range(8))]
+  xh, yh = sample_mixture(np.random.default_rng([s.seed, 8, n, seed]), means, s.sigma,
+                          (s.heldout_batches, s.critic_batch))
+  held = np.array([float(bound_jit(params, jnp.asarray(a), jnp.asarray(b, jnp.int32)))
+                   for a, b in zip(xh, yh)])
+  return dict(n=n, tau=tau, seed=seed, train_estimate=float(np.mean(train)),
+              train_rows=rows, heldout=float(held.mean()),
+              heldout_se=float(held.std(ddof=1) / np.sqrt(held.size)),
+              seconds=time.perf_counter() - t0)
+
+
+def trained_critics(s: Setting, means: np.ndarray, t: Truth) -> dict:
+  """Every (tau, n, seed) critic, the per-(tau, n) summary and where the estimate passes."""
+  runs = [train_critic(s, means, n, tau, seed) for tau in s.critic_temperatures
+          for n in s.train_sizes for seed in s.critic_seeds]
+  summary = {}
+  for tau in s.critic_temperatures:
+    for n in s.train_sizes:
+      rs = [r for r in runs if r["tau"] == tau and r["n"] == n]
+      tr = np.array([r["train_estimate"] for r in rs])
+      ho = np.array([r["heldout"] for r in rs])
+      # s.e. of the held-out mean: the batch s.e. of each critic, combined over critics,
+      # and the Monte Carlo s.e. of the truth.
+      se = float(np.sqrt(np.sum([r["heldout_se"] ** 2 for r in rs])) / len(rs))
+      summary[f"tau={tau:g},n={n}"] = dict(
+          tau=tau, n=n, train_estimate=float(tr.mean()), heldout=float(ho.mean()),
+          heldout_se=se, train_above_mi=bool(tr.mean() > t.mi),
+          train_above_mi_every_seed=bool(np.all(tr > t.mi)),
+          heldout_below_mi_3se=bool(ho.mean() < t.mi + 3 * np.hypot(se, t.se)))
+  passes = {}
+  for tau in s.critic_temperatures:
+    above = [n for n in s.train_sizes if summary[f"tau={tau:g},n={n}"]["train_above_mi"]]
+    below = [n for n in s.train_sizes if n not in above]
+    passes[f"{tau:g}"] = dict(above=above, below=below,
+                              largest_n_above=max(above) if above else None)
+  return dict(runs=runs, summary=summary, passes=passes,
+              all_heldout_below=all(v["heldout_below_mi_3se"] for v in summary.values()))
+
+
+def trained_md(s: Setting, tc: dict, t: Truth) -> List[str]:
+  """The 'Trained critics' section of results.md."""
+  out = ["## Trained critics", "",
+         f"A two-layer MLP encoder (width {s.critic_width}) trained with ProjNCE (g+ = "
+         f"centroid, g- = sample, beta = 1, Adam 1e-3, {s.critic_steps} steps of min(n, "
+         f"{s.critic_batch}) rows) on n samples of the mixture; seeds "
+         f"{tuple(s.critic_seeds)} (the seed draws the training set and the initialisation). "
+         "Training-batch estimate: log(N-1) - infonce_term - adjustment on 8 batches of the "
+         "training rows (what a trainer logs; not a bound). Held-out bound: the same on "
+         f"{s.heldout_batches} fresh batches of N = {s.critic_batch}. Mean over seeds; "
+         "s.e. of the held-out mean from the batch spread.", "",
+         "| tau | n | training-batch estimate | held-out bound (+- s.e.) | estimate > I(X;C) | "
+         "held-out < I(X;C) + 3 s.e. |", "|---|---|---|---|---|---|"]
+  for v in tc["summary"].values():
+    out.append(f"| {v['tau']:g} | {v['n']} | {v['train_estimate']:.3f} | "
+               f"{v['heldout']:.3f} +- {v['heldout_se']:.3f} | "
+               f"{'**yes**' if v['train_above_mi'] else 'no'} | "
+               f"{'yes' if v['heldout_below_mi_3se'] else '**NO**'} |")
+  out += ["", f"True I(X;C) = {t.mi:.4f} +- {t.se:.4f}.", ""]
+  for tau, p in tc["passes"].items():
+    if p["largest_n_above"] is None:
+      out.append(f"- tau = {tau}: the training-batch estimate stays below I(X;C) at every n.")
+    else:
+      rest = (f"; at n = {', '.join(map(str, p['below']))} it is below" if p["below"]
+              else "; it is above at every n tried")
+      out.append(f"- tau = {tau}: the training-batch estimate passes I(X;C) at n = "
+                 f"{', '.join(map(str, p['above']))}{rest}.")
+  out.append(f"- Every held-out bound below I(X;C) + 3 s.e.: "
+             f"**{'yes' if tc['all_heldout_below'] else 'NO'}**.")
+  return out
+
+
+def plot_trained(path: str, s: Setting, tc: dict, t: Truth) -> None:
+  """Training-batch estimate and held-out bound against n, one panel per temperature."""
+  fig, axes = plt.subplots(1, len(s.critic_temperatures),
+                           figsize=(5.2 * len(s.critic_temperatures), 4), squeeze=False)
+  ns = np.array(s.train_sizes)
+  for ax, tau in zip(axes[0], s.critic_temperatures):
+    rows = [tc["summary"][f"tau={tau:g},n={n}"] for n in ns]
+    ax.plot(ns, [r["train_estimate"] for r in rows], "o-", color="#d62728",
+            label="training-batch estimate")
+    ax.errorbar(ns, [r["heldout"] for r in rows], yerr=[2 * r["heldout_se"] for r in rows],
+                fmt="s-", color="#1f77b4", capsize=3, label="held-out bound (+- 2 s.e.)")
+    for r in tc["runs"]:
+      if r["tau"] == tau:
+        ax.plot([r["n"]], [r["train_estimate"]], ".", color="#d62728", alpha=0.4)
+        ax.plot([r["n"]], [r["heldout"]], ".", color="#1f77b4", alpha=0.4)
+    ax.axhline(t.mi, color="k", lw=2, label=f"true I(X;C) = {t.mi:.3f}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training-set size n")
+    ax.set_ylabel("nats")
+    ax.set_title(f"trained critic, tau = {tau:g}", fontsize=10)
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------
 # Reports.
 
 
@@ -394,13 +570,13 @@ def verdict_md(s: Setting, rows: Sequence[Row], v: dict, cells: Dict[str, dict],
   return out
 
 
-def markdown(s: Setting, rows, cells, t: Truth, v, meta) -> str:
+def markdown(s: Setting, rows, cells, t: Truth, v, meta, tc=None) -> str:
   """The full results.md text."""
   lines = [
       "# MI estimates vs the true I(X;C) on a Gaussian mixture", "",
       f"Command: `{meta['command']}`  ",
       f"Machine: {meta['machine']}, {meta['cpus']} CPUs (os.cpu_count), "
-      f"jax {meta['jax']} on {meta['backend']}, float64; run time {meta['seconds']:.1f} s "
+      f"jax {meta['jax']} on {meta['backend']}, float64; run time {meta['seconds']:.1f} s, of which trained critics {meta['critic_seconds']:.1f} s "
       f"(load average at start {meta['loadavg']}); {meta['date']}.", "",
       f"Mixture: M = {s.num_classes} classes (uniform), d = {s.dim}, means {s.sep:g} * e_c, "
       f"noise sigma = {s.sigma:g}. I(X;C) = {t.mi:.4f} +- {t.se:.4f} nats "
@@ -413,6 +589,8 @@ def markdown(s: Setting, rows, cells, t: Truth, v, meta) -> str:
       f"{min(c['min_anchors'] for c in cells.values())}.", ""]
   lines += table_md(s, rows, cells, t)
   lines += [""] + verdict_md(s, rows, v, cells, t) + [""]
+  if tc is not None:
+    lines += trained_md(s, tc, t) + ["", "![trained critics](trained_critics.png)", ""]
   return "\n".join(lines)
 
 
@@ -543,18 +721,24 @@ def main(argv=None) -> dict:
   meta = machine_meta(argv)
   rows, cells, truth = experiment(s)
   v = verdict(rows, cells, truth)
+  t_critics = time.perf_counter()
+  tc = trained_critics(s, class_means(s), truth)
+  meta["critic_seconds"] = time.perf_counter() - t_critics
   os.makedirs(args.out, exist_ok=True)
   plot(os.path.join(args.out, "mi_bound.png"), s, rows, cells, truth)
+  plot_trained(os.path.join(args.out, "trained_critics.png"), s, tc, truth)
   meta["seconds"] = time.perf_counter() - t0
 
   payload = dict(setting=dataclasses.asdict(s), meta=meta, truth=dataclasses.asdict(truth),
-                 rows=[dataclasses.asdict(r) for r in rows], cells=_rounded(cells), verdict=v)
+                 rows=[dataclasses.asdict(r) for r in rows], cells=_rounded(cells), verdict=v,
+                 trained_critics=tc)
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(payload, f, indent=1, default=_json_default)
   with open(os.path.join(args.out, "results.md"), "w") as f:
-    f.write(markdown(s, rows, cells, truth, v, meta))
+    f.write(markdown(s, rows, cells, truth, v, meta, tc))
   print(f"I(X;C) = {truth.mi:.4f} +- {truth.se:.4f}; every ProjNCE bound (g- = sample) "
-        f"below: {v['all_bounds_below']}; {meta['seconds']:.1f} s -> {args.out}")
+        f"below: {v['all_bounds_below']}; trained critics' held-out bounds below: "
+        f"{tc['all_heldout_below']}; {meta['seconds']:.1f} s -> {args.out}")
   return payload
 
 

@@ -11,7 +11,7 @@ weights need each anchor's distance to the rows of its own class (an [n, N] prod
 | `median`     | coordinate-wise median of S_c \\ {i}                            |
 | `kernel`     | Epanechnikov Nadaraya-Watson mean of S_c \\ {i} around its mean |
 | `orthogonal` | row c of a fixed matrix with orthonormal rows (needs d >= M)    |
-| `mlp`        | normalise(MLP(onehot(c))), parameters trained by the caller    |
+| `mlp`        | normalise(centre(MLP(onehot(c)))), trained by the caller        |
 """
 
 from typing import Any, NamedTuple, Optional
@@ -190,39 +190,112 @@ def orthogonal_table(num_classes: int, dim: int, seed: int = ORTHOGONAL_SEED) ->
   return q.T
 
 
+MLP_INITS = ("random", "simplex")
+
+
+def simplex_table(num_classes: int, dim: int, seed: int = ORTHOGONAL_SEED) -> np.ndarray:
+  """The `orthogonal` table centred over classes and renormalised: a regular simplex.
+
+  Its [num_classes, dim] unit rows have pairwise cosine -1 / (num_classes - 1), the
+  most spread configuration of M unit vectors.
+
+  Raises:
+    ValueError: if dim < num_classes.
+  """
+  q = orthogonal_table(num_classes, dim, seed)
+  if num_classes < 2:
+    return q
+  c = q - q.mean(0, keepdims=True)
+  return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
 class ClassEmbeddingMLP(nn.Module):
-  """The learnable `mlp` projection: g(c) = normalise(MLP(onehot(c))).
+  """The learnable `mlp` projection: g(c) = normalise(centre(MLP(onehot(c)))).
+
+  The MLP's [M, d] output table is centred over the classes (its class mean is
+  subtracted) before each row is normalised. Without the centring the table collapses:
+  the encoder's outputs start almost parallel, every class vector follows them (helped
+  by the output layer's shared bias, which moves all rows together) and nothing in the
+  loss keeps the rows apart, so the mean pairwise cosine of the class vectors went from
+  0.4 to 0.96 within 10 steps on MNIST-5k. A centred table has no common direction to
+  drift along: its rows sum to zero before normalisation, and for M >= 2 their mean
+  pairwise cosine is at most about -1 / (M - 1) when the rows have similar norms.
+  Measured on MNIST-5k, 6 epochs, 2 seeds (experiments/ablations/mlp_projection.py,
+  results in experiments/ablations/mlp_projection/results.md), linear probe: uncentred
+  62.6 %, centred 90.4 %, its own Adam (lr 1e-3, uncentred) 87.5 % with the table still at
+  mean cosine 0.45, a simplex initialisation (uncentred) 73.8 % and collapsed again by step
+  50, centred + simplex 88.8 %, `centroid` 92.0 %. Centring alone is kept: the best result,
+  no extra hyper-parameter, and the only fix that rules the collapse out by construction.
 
   Attributes:
     num_classes: M.
     dim: output dimension d (the embedding dimension).
     hidden: width of the hidden layer.
+    center: subtract the class mean of the table before normalising (default True;
+      False only reproduces the collapsing variant for measurements).
   """
   num_classes: int
   dim: int
   hidden: int = 256
+  center: bool = True
 
   @nn.compact
   def __call__(self) -> jax.Array:
     """Returns the [num_classes, dim] table of unit class vectors."""
     onehot = jnp.eye(self.num_classes, dtype=jnp.float32)
-    h = nn.relu(nn.Dense(self.hidden, name="hidden")(onehot))
-    return normalize(nn.Dense(self.dim, name="out")(h))
+    h = nn.relu(nn.Dense(self.hidden, name="hidden")(onehot))  # [M, M] x [M, H] -> [M, H]
+    table = nn.Dense(self.dim, name="out")(h)                  # [M, H] x [H, d] -> [M, d]
+    if self.center and self.num_classes > 1:
+      table = table - jnp.mean(table, axis=0, keepdims=True)
+    return normalize(table)
 
 
-def init_mlp_params(key: jax.Array, *, num_classes: int, dim: int, hidden: int = 256):
+def init_mlp_params(key: jax.Array, *, num_classes: int, dim: int, hidden: int = 256,
+                    init: str = "random"):
   """Initialises the parameters of the `mlp` projection (pass them as `params=`).
+
+  Args:
+    key: PRNG key.
+    num_classes: M.
+    dim: d.
+    hidden: hidden width H.
+    init: "random" (flax's default initialisers) or "simplex": the hidden layer maps
+      onehot(c) to e_c (needs H >= M), the output layer's first M rows are the simplex
+      table (`simplex_table`, needs d >= M) and the biases are zero, so the initial table
+      is the regular simplex; the remaining output rows keep their random values.
+
+  Raises:
+    ValueError: unknown `init`, or "simplex" with hidden < M or dim < M.
 
   Example:
     >>> params = init_mlp_params(jax.random.key(0), num_classes=10, dim=128)
     >>> loss, aux = projnce(z, labels, positive="mlp", num_classes=10, params=params)
   """
+  if init not in MLP_INITS:
+    raise ValueError(f"unknown mlp init {init!r}; expected one of {MLP_INITS}")
   module = ClassEmbeddingMLP(num_classes=num_classes, dim=dim, hidden=hidden)
-  return module.init(key)["params"]
+  params = module.init(key)["params"]
+  if init == "simplex":
+    if hidden < num_classes:
+      raise ValueError(f"init='simplex' needs hidden >= num_classes, got hidden={hidden} < "
+                       f"num_classes={num_classes}")
+    table = jnp.asarray(simplex_table(num_classes, dim), jnp.float32)  # raises if d < M
+    out_kernel = params["out"]["kernel"].at[:num_classes].set(table)
+    params = {
+        "hidden": {"kernel": jnp.eye(num_classes, hidden, dtype=jnp.float32),
+                   "bias": jnp.zeros((hidden,), jnp.float32)},
+        "out": {"kernel": out_kernel, "bias": jnp.zeros((dim,), jnp.float32)},
+    }
+  return params
 
 
-def mlp_table(params, num_classes: int) -> jax.Array:
+def mlp_table(params, num_classes: int, *, center: bool = True) -> jax.Array:
   """The [num_classes, d] table of the `mlp` projection for `params`.
+
+  Args:
+    params: from `init_mlp_params` (or trained).
+    num_classes: M.
+    center: see `ClassEmbeddingMLP.center`.
 
   Example:
     >>> table = mlp_table(init_mlp_params(key, num_classes=10, dim=128), 10)  # [10, 128]
@@ -236,5 +309,13 @@ def mlp_table(params, num_classes: int) -> jax.Array:
   if in_dim != num_classes:
     raise ValueError(f"mlp params were built for {in_dim} classes, but num_classes="
                      f"{num_classes}.")
-  module = ClassEmbeddingMLP(num_classes=num_classes, dim=dim, hidden=hidden)
+  module = ClassEmbeddingMLP(num_classes=num_classes, dim=dim, hidden=hidden, center=center)
   return module.apply({"params": params})
+
+
+def mean_offdiagonal_cosine(table: jax.Array) -> jax.Array:
+  """Mean cosine between distinct rows of a [M, d] table (1.0: collapsed; M >= 2)."""
+  t = normalize(jnp.asarray(table, jnp.float32))
+  m = t.shape[0]
+  cos = t @ t.T  # [M, d] x [d, M] -> [M, M]
+  return (jnp.sum(cos) - jnp.trace(cos)) / (m * (m - 1))

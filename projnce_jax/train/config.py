@@ -4,7 +4,12 @@ Fields (all locked: a typo in an override is an error):
 
   method            "projnce" | "supcon" | "infonce" | "cross_entropy"
   loss.*            temperature, positive, negative, beta, impl, block_size,
-                    log_ratio_clip, bandwidth, mlp_hidden (ProjNCE/SupCon/InfoNCE)
+                    log_ratio_clip, bandwidth, mlp_hidden (ProjNCE/SupCon/InfoNCE),
+                    mlp_init ("random" | "simplex": initial table of the `mlp`
+                    projection), mlp_lr (None: the `mlp` projection trains with the main
+                    optimiser; a float: its own Adam at this peak learning rate, same
+                    warm-up + cosine shape), dispersion (weight of the intra-class
+                    dispersion control term, 0: off; see losses/dispersion.py)
   dataset.*         name, data_dir, in_memory (small datasets), num_views, label_noise,
                     label_noise_kind, augment (keyword arguments of the augmentation)
   dataset.val_fraction  stratified fraction of the TRAIN split held out as the validation
@@ -31,6 +36,9 @@ Fields (all locked: a typo in an override is an error):
   online_probe.lr   Adam learning rate of the online linear probe
   linear_probe.*    epochs, batch_size, lr, weight_decay (frozen-feature evaluation)
   knn.*             k, temperature
+  heldout_mi.*      enabled, max_examples, batch_size: the MI bound evaluated after
+                    training on the eval split (clean labels, one unaugmented view per
+                    example, trained projections fixed) -> results.json "heldout_mi_bound"
   eval_batch_size, log_every, checkpoint_every, keep_checkpoints, async_checkpoints,
   num_devices (None: all), seed, progress, report.tsne, report.tsne_points
   skip_nonfinite_updates  False: a non-finite loss or gradient stops the run at the next
@@ -56,7 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(
       temperature=0.1, positive="centroid", negative="sample", beta=1.0, impl="dense",
       block_size=config_dict.placeholder(int), log_ratio_clip=config_dict.placeholder(float),
-      bandwidth=1.0, mlp_hidden=256))
+      bandwidth=1.0, mlp_hidden=256, mlp_init="random",
+      mlp_lr=config_dict.placeholder(float), dispersion=0.0))
   c.dataset = ml_collections.ConfigDict(dict(
       name="mnist5k", data_dir=config_dict.placeholder(str), in_memory=False, num_views=2,
       label_noise=0.0,
@@ -84,6 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.linear_probe = ml_collections.ConfigDict(dict(
       epochs=100, batch_size=256, lr=1e-3, weight_decay=0.0))
   c.knn = ml_collections.ConfigDict(dict(k=200, temperature=0.07))
+  c.heldout_mi = ml_collections.ConfigDict(dict(enabled=True, max_examples=2048,
+                                                batch_size=512))
   c.eval_batch_size = 512
   c.log_every = 50
   c.checkpoint_every = 1000

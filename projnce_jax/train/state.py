@@ -29,16 +29,36 @@ class TrainState(train_state.TrainState):
   first_skipped_step: Optional[jax.Array] = None
 
 
-def param_labels(params: dict) -> dict:
-  """Optimiser routing: the online probe gets its own optimiser, everything else the main one."""
-  return {k: jax.tree.map(lambda _: "probe" if k == "probe" else "main", v)
-          for k, v in params.items()}
+def param_labels(params: dict, *, separate_projection: bool = False) -> dict:
+  """Optimiser routing: "probe" for the online probe, "projection" for the class-embedding
+  MLP when `separate_projection`, "main" for everything else."""
+  def label(k):
+    if k == "probe":
+      return "probe"
+    return "projection" if (separate_projection and k == "projection") else "main"
+  return {k: jax.tree.map(lambda _, k=k: label(k), v) for k, v in params.items()}
 
 
 def make_tx(main_tx: optax.GradientTransformation,
-            probe_tx: optax.GradientTransformation) -> optax.GradientTransformation:
-  """Main optimiser for {"model", "projection"}, probe optimiser for {"probe"}."""
-  return optax.multi_transform({"main": main_tx, "probe": probe_tx}, param_labels)
+            probe_tx: optax.GradientTransformation,
+            projection_tx: Optional[optax.GradientTransformation] = None
+            ) -> optax.GradientTransformation:
+  """One optimiser over the params dict (`optax.multi_transform`).
+
+  Args:
+    main_tx: for {"model"} (and {"projection"} when `projection_tx` is None).
+    probe_tx: for the online probe {"probe"}.
+    projection_tx: optional own optimiser of the `mlp` projection's parameters.
+
+  Example:
+    >>> tx = make_tx(optax.sgd(0.1), optax.adam(1e-2), projection_tx=optax.adam(1e-3))
+  """
+  transforms = {"main": main_tx, "probe": probe_tx}
+  if projection_tx is not None:
+    transforms["projection"] = projection_tx
+  return optax.multi_transform(
+      transforms, functools.partial(param_labels,
+                                    separate_projection=projection_tx is not None))
 
 
 # Initialisation runs once: on CPU, compile it without backend optimisations, which cuts the

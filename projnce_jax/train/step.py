@@ -31,7 +31,8 @@ def method_loss(method: str, out: Dict[str, jax.Array], labels: jax.Array, mask:
     mask: [b * V] bool, False for padding rows.
     num_views: V.
     loss_kwargs: temperature, positive, negative, beta, impl, block_size, log_ratio_clip,
-      bandwidth.
+      bandwidth, dispersion (supcon only: weight of `losses.dispersion_control` added to
+      the loss).
     projection_params: params of the class-embedding MLP ("mlp" projections).
     num_classes: M, for class-table projections.
     axis_name: mapped data axis or None.
@@ -53,8 +54,15 @@ def method_loss(method: str, out: Dict[str, jax.Array], labels: jax.Array, mask:
         block_size=kw.get("block_size"), mask=mask, log_ratio_clip=kw.get("log_ratio_clip"),
         bandwidth=kw.get("bandwidth", 1.0))
   if method == "supcon":
-    return losses.supcon(z, labels, temperature=temperature, axis_name=axis_name, impl=impl,
-                         block_size=kw.get("block_size"), mask=mask)
+    loss, aux = losses.supcon(z, labels, temperature=temperature, axis_name=axis_name,
+                              impl=impl, block_size=kw.get("block_size"), mask=mask)
+    if kw.get("dispersion", 0.0):  # control: SupCon + an explicit dispersion term
+      term, daux = losses.dispersion_control(z, labels, temperature=temperature,
+                                             num_classes=num_classes, mask=mask,
+                                             axis_name=axis_name)
+      loss = loss + kw["dispersion"] * term
+      aux = dict(aux, dispersion_term=term, **daux)
+    return loss, aux
   if method == "infonce":
     z_views = z.reshape((-1, num_views, z.shape[-1]))  # [b, V, d]
     return losses.infonce(z_views, temperature=temperature, axis_name=axis_name, impl=impl,

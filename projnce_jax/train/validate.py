@@ -128,6 +128,12 @@ def _check_fields(config) -> None:
   _real(config, "loss.log_ratio_clip", check=lambda v: True, expect="finite", optional=True)
   _real(config, "loss.bandwidth", check=positive, expect="> 0")
   _int(config, "loss.mlp_hidden", low=1)
+  _choice(config, "loss.mlp_init", losses.MLP_INITS)
+  _real(config, "loss.mlp_lr", check=positive, expect="> 0", optional=True)
+  _real(config, "loss.dispersion", check=lambda v: v >= 0, expect=">= 0")
+  _bool(config, "heldout_mi.enabled")
+  _int(config, "heldout_mi.max_examples", low=2)
+  _int(config, "heldout_mi.batch_size", low=2)
 
   _choice(config, "dataset.name", pjd.list_datasets())
   _int(config, "dataset.num_views", low=1)
@@ -187,6 +193,10 @@ def _check_combinations(config, num_devices: int) -> None:
   if config.batch_size > info.num_train:
     raise ConfigError(f"config field 'batch_size' ({config.batch_size}) exceeds the "
                       f"{info.num_train} training examples of {info.name!r}")
+  if config.loss.get("dispersion", 0.0) and config.method != "supcon":
+    raise ConfigError("config field 'loss.dispersion' (the dispersion control term) is "
+                      f"{config.loss.dispersion}, but it is added to 'supcon' only; method "
+                      f"is {config.method!r}")
   if config.method == "cross_entropy":
     return
   if config.method == "infonce" and config.dataset.num_views < 2:

@@ -38,7 +38,7 @@ def test_small_setting_end_to_end(tmp_path):
            if not f.startswith("--xla_force_host_platform_device_count")]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
   proc = subprocess.run([sys.executable, SCRIPT, "--small", "--out", str(tmp_path)],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in ("results.md", "results.json", "tsne.png"):
     assert (tmp_path / name).stat().st_size > 0, name
@@ -60,7 +60,9 @@ def test_small_setting_end_to_end(tmp_path):
   text = (tmp_path / "results.md").read_text()
   assert "Command: `" in text and "Machine: " in text and "CPU cores" in text
   table = [l for l in text.splitlines() if l.startswith("| ")]
-  assert table[0].startswith("| run | probe | kNN | MI bound (nats) | mean R | intra (z)")
+  assert table[0].startswith("| run | probe | kNN | held-out MI bound (nats) | "
+                             "mean R (train batch) | intra (z)")
+  assert all(c["heldout_mi_bound"] is not None for c in result["cells"])
   assert any(l.startswith("| supcon |") for l in table)
   assert any(l.startswith("| beta5 |") for l in table)
   assert "## Verdict" in text and "![t-SNE](tsne.png)" in text

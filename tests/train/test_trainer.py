@@ -17,7 +17,7 @@ from tests.train.conftest import interrupt_after
 LOGGED = ("loss", "infonce_term", "adjustment", "mi_lower_bound", "learning_rate",
           "probe_accuracy", "examples_per_sec_per_device", "step_time_s")
 FINAL = ("linear_probe_accuracy", "knn_accuracy", "online_probe_accuracy", "final_loss",
-         "infonce_term", "adjustment", "mi_lower_bound")
+         "infonce_term", "adjustment", "train_batch_mi_estimate", "heldout_mi_bound")
 
 
 def test_digits_loss_falls_and_probe_beats_chance(tiny_config, tmp_path):

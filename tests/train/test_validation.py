@@ -71,6 +71,10 @@ BAD_FIELDS = [
     ("dataset.label_noise", -0.1, ConfigError, ["'dataset.label_noise'", "-0.1"]),
     ("num_steps", 0, ConfigError, ["'num_steps'", ">= 1", "0"]),
     ("skip_nonfinite_updates", "yes", TypeError, ["'skip_nonfinite_updates'", "bool"]),
+    ("loss.mlp_init", "eye", ConfigError, ["'loss.mlp_init'", "'eye'", "simplex"]),
+    ("loss.mlp_lr", 0.0, ConfigError, ["'loss.mlp_lr'", "> 0"]),
+    ("loss.dispersion", -1.0, ConfigError, ["'loss.dispersion'", ">= 0"]),
+    ("heldout_mi.batch_size", 1, ConfigError, ["'heldout_mi.batch_size'"]),
 ]
 
 
@@ -93,6 +97,7 @@ BAD_COMBINATIONS = [
     ({"num_devices": 16}, ["'num_devices'", "16", "only 8"]),
     ({"batch_size": 4096}, ["'batch_size'", "4096", "training examples"]),
     ({"method": "infonce", "dataset": {"num_views": 1}}, ["'dataset.num_views'", "infonce"]),
+    ({"method": "projnce", "loss": {"dispersion": 1.0}}, ["'loss.dispersion'", "'supcon'"]),
 ]
 
 
