@@ -173,7 +173,8 @@ def _stream_grads(q, q_ids, lse, g, keys: Keys, block, dq, axis_name, skip_empty
       return dq + dot_nn(w, kb.k).astype(acc), dk, jnp.sum(w, axis=0).astype(acc)
 
     def skipped(dq):
-      return dq, jnp.zeros((block, dim), acc), jnp.zeros((block,), acc)
+      zeros = (jnp.zeros((block, dim), acc), jnp.zeros((block,), acc))
+      return (dq,) + to_varying(zeros, axis_name)
 
     return (lambda r: (r[0], r[1:]))(_maybe_skip(skip_empty, kb, compute, skipped, dq))
 

@@ -33,7 +33,8 @@ def method_loss(method: str, out: Dict[str, jax.Array], labels: jax.Array, mask:
     loss_kwargs: temperature, positive, negative, beta, impl, block_size, log_ratio_clip,
       bandwidth.
     projection_params: params of the class-embedding MLP ("mlp" projections).
-    num_classes: M, for class-table projections.
+    num_classes: M (class slots of the class-level terms; class-table projections).
+      InfoNCE ignores it: its classes are the examples, whose views sit on one device.
     axis_name: mapped data axis or None.
 
   Returns:
@@ -53,8 +54,9 @@ def method_loss(method: str, out: Dict[str, jax.Array], labels: jax.Array, mask:
         block_size=kw.get("block_size"), mask=mask, log_ratio_clip=kw.get("log_ratio_clip"),
         bandwidth=kw.get("bandwidth", 1.0))
   if method == "supcon":
-    return losses.supcon(z, labels, temperature=temperature, axis_name=axis_name, impl=impl,
-                         block_size=kw.get("block_size"), mask=mask)
+    return losses.supcon(z, labels, temperature=temperature, num_classes=num_classes,
+                         axis_name=axis_name, impl=impl, block_size=kw.get("block_size"),
+                         mask=mask)
   if method == "infonce":
     z_views = z.reshape((-1, num_views, z.shape[-1]))  # [b, V, d]
     return losses.infonce(z_views, temperature=temperature, axis_name=axis_name, impl=impl,
