@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from projnce_jax.losses._common import normalize
+from projnce_jax.losses._common import normalize, to_varying
 
 DATA_DEPENDENT = ("centroid", "median", "kernel")
 CLASS_TABLE = ("orthogonal", "mlp")
@@ -152,8 +152,9 @@ def _row_blocks(block, *xs):
   return tuple(split(x, f) for x, f in zip(xs, fills))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _kernel_stream(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _kernel_stream(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block,
+                   axis_name):
   """(sum_j w_ij z_j [n, d], sum_j w_ij [n]) over row blocks; w under stop_gradient."""
   num_rows = z_all.shape[0]
   blocks = _row_blocks(block, z_all, slots_all, valid_all, jnp.arange(num_rows))
@@ -163,17 +164,20 @@ def _kernel_stream(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth
     w = _kernel_block_weights(m_loo, slots, row_ids, *xs, bandwidth)
     return (num + w @ xs[0], den + jnp.sum(w, axis=1)), None  # [n, B] x [B, d] -> [n, d]
 
-  init = (jnp.zeros_like(m_loo), jnp.zeros(m_loo.shape[:1], m_loo.dtype))
+  init = to_varying((jnp.zeros_like(m_loo), jnp.zeros(m_loo.shape[:1], m_loo.dtype)),
+                    axis_name)
   (num, den), _ = jax.lax.scan(step, init, blocks)
   return num, den
 
 
-def _kernel_stream_fwd(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block):
-  out = _kernel_stream(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block)
+def _kernel_stream_fwd(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block,
+                       axis_name):
+  out = _kernel_stream(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block,
+                       axis_name)
   return out, (m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth)
 
 
-def _kernel_stream_bwd(block, res, g):
+def _kernel_stream_bwd(block, axis_name, res, g):
   m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth = res
   g_num = g[0]
   blocks = _row_blocks(block, z_all, slots_all, valid_all, jnp.arange(z_all.shape[0]))
@@ -182,6 +186,7 @@ def _kernel_stream_bwd(block, res, g):
     w = _kernel_block_weights(m_loo, slots, row_ids, *xs, bandwidth)
     return None, w.T @ g_num  # [B, n] x [n, d] -> [B, d]
 
+  del axis_name  # the scan carries nothing
   _, dz = jax.lax.scan(step, None, blocks)
   dz = dz.reshape(-1, z_all.shape[1])[:z_all.shape[0]]
   return (jnp.zeros_like(m_loo), dz, None, None, None, None, jnp.zeros_like(bandwidth))
@@ -203,8 +208,9 @@ def kernel_own_sums(m_loo, b: ClassBatch, bandwidth):
                               jnp.arange(num_rows), bandwidth)
     return w @ b.z_all, jnp.sum(w, axis=1)  # [n, N] x [N, d] -> [n, d]
   bandwidth = jnp.asarray(bandwidth, b.z.dtype)
-  return _kernel_stream(m_loo, b.z_all, b.slots, b.slots_all, b.valid_all, row_ids,
-                        bandwidth, block)
+  args = to_varying((m_loo, b.z_all, b.slots, b.slots_all, b.valid_all, row_ids),
+                    b.axis_name)
+  return _kernel_stream(*args, bandwidth, block, b.axis_name)
 
 
 def kernel_vectors(b: ClassBatch, bandwidth: float = 1.0):
