@@ -16,9 +16,19 @@ One run measures, side by side on the same machine:
    with --xla_force_host_platform_device_count=8): max abs difference of loss and
    gradient and the time ratio.
 
-Results print as tables and go to benchmarks/RESULTS.md with the command and machine.
+0. api: the calls users write, without `num_classes` (supcon, infonce, projnce with every
+   projection), beside the `num_classes` path, a ten-line jnp SupCon and the roofline, and
+   the PyTorch peers: the SupContrast formula eager and `torch.compile`d,
+   pytorch-metric-learning `SupConLoss`, lightly `NTXentLoss` (benchmarks/torch_peers.py),
+   in one process per thread count (pinned to 1 and 2 cores).
 
-  python benchmarks/loss_bench.py                        # everything (~10 min, 2 cores)
+Results print as tables and go to benchmarks/RESULTS.md with the command and machine.
+Peers: pip install -e .[bench] && pip install --no-deps lightly==1.6.0.
+Check that everything runs (about 4 min on 2 cores, written to /tmp/loss_bench_quick.md):
+
+  python benchmarks/loss_bench.py --quick
+
+  python benchmarks/loss_bench.py                        # everything
   python benchmarks/loss_bench.py --sizes 1024,4096 --parts speed
 """
 from __future__ import annotations

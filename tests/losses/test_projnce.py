@@ -326,3 +326,22 @@ def test_cross_entropy_matches_reference():
   expected = np.mean(logsumexp_np(logits)[:, 0] - logits[np.arange(16), y])
   np.testing.assert_allclose(float(loss), expected, atol=1e-12)
   np.testing.assert_allclose(float(aux["accuracy"]), np.mean(logits.argmax(1) == y))
+
+
+@pytest.mark.parametrize("positive,negative", [(p, n) for p in pj.losses.DATA_DEPENDENT
+                                               for n in pj.losses.DATA_DEPENDENT + ("sample",)])
+def test_streamed_class_slots_without_num_classes_equal_reference(positive, negative):
+  """No num_classes: slots are the distinct labels, streamed 2 slots at a time."""
+  z, y = _batch(12, n=20, d=8, m=5)
+  y = y * 13 + 100
+  fn = lambda z_: pj.losses.projnce(z_, jnp.asarray(y), positive=positive, negative=negative,
+                                    temperature=0.2, beta=0.7, block_size=2, impl="blockwise")
+  (loss, aux), grad = jax.jit(jax.value_and_grad(fn, has_aux=True))(jnp.asarray(z))
+  ref_loss, ref_aux = ref.projnce(z, y, positive=positive, negative=negative, temperature=0.2,
+                                  beta=0.7)
+  np.testing.assert_allclose(float(loss), ref_loss, atol=1e-10)
+  np.testing.assert_allclose(float(aux["adjustment"]), ref_aux["adjustment"], atol=1e-10)
+  dense = jax.grad(lambda z_: pj.losses.projnce(
+      z_, jnp.asarray(y) - 100, positive=positive, negative=negative, temperature=0.2,
+      beta=0.7, num_classes=53)[0])(jnp.asarray(z))
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(dense), atol=1e-10)
