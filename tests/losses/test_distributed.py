@@ -121,9 +121,10 @@ def test_gradient_inside_shard_map_matches():
 
 # Without num_classes (slots = the batch's distinct labels, streamed in blocks of 3 slots,
 # empty blocks skipped) for every data-dependent pair, and InfoNCE's instance path.
-NO_NC_CASES = [(p, n, impl) for p in pj.losses.DATA_DEPENDENT
-               for n in pj.losses.DATA_DEPENDENT + ("sample",)
-               for impl in (("blockwise", "ring") if n == "sample" else ("dense",))]
+NO_NC_CASES = [("centroid", "sample", "blockwise"), ("centroid", "sample", "ring"),
+               ("median", "sample", "ring"), ("kernel", "sample", "blockwise"),
+               ("kernel", "median", "dense"), ("median", "centroid", "dense"),
+               ("centroid", "kernel", "dense")]
 
 
 @pytest.mark.parametrize("positive,negative,impl", NO_NC_CASES)
