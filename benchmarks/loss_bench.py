@@ -16,9 +16,19 @@ One run measures, side by side on the same machine:
    with --xla_force_host_platform_device_count=8): max abs difference of loss and
    gradient and the time ratio.
 
-Results print as tables and go to benchmarks/RESULTS.md with the command and machine.
+0. api: the calls users write, without `num_classes` (supcon, infonce, projnce with every
+   projection), beside the `num_classes` path, a ten-line jnp SupCon and the roofline, and
+   the PyTorch peers: the SupContrast formula eager and `torch.compile`d,
+   pytorch-metric-learning `SupConLoss`, lightly `NTXentLoss` (benchmarks/torch_peers.py),
+   in one process per thread count (pinned to 1 and 2 cores).
 
-  python benchmarks/loss_bench.py                        # everything (~10 min, 2 cores)
+Results print as tables and go to benchmarks/RESULTS.md with the command and machine.
+Peers: pip install -e .[bench] && pip install --no-deps lightly==1.6.0.
+Check that everything runs (about 4 min on 2 cores, written to /tmp/loss_bench_quick.md):
+
+  python benchmarks/loss_bench.py --quick
+
+  python benchmarks/loss_bench.py                        # everything
   python benchmarks/loss_bench.py --sizes 1024,4096 --parts speed
 """
 from __future__ import annotations
@@ -42,7 +52,7 @@ DIM = 128
 NUM_CLASSES = 100
 TEMPERATURE = 0.1
 GIB = 1 << 30
-PARTS = ("speed", "memory", "fastpath", "ring")
+PARTS = ("api", "speed", "memory", "fastpath", "ring")
 
 # Targets the table reports against (measured, never assumed).
 TARGET_ROOFLINE = 0.80        # dense fwd+bwd at N=4096 >= 80% of the matmul roofline
@@ -150,23 +160,55 @@ def table(header, rows) -> str:
 
 
 def jax_loss_grad(kind: str, impl: str, labels, block_size=None):
-  """jit(value_and_grad) of SupCon/ProjNCE (or the class path) w.r.t. z: [N, d]."""
+  """jit(value_and_grad) w.r.t. z [N, d] (rows view-major, as `as_rows`) of one loss call.
+
+  Kinds (the `_nc` suffix passes `num_classes=NUM_CLASSES`; without it the call is the
+  one users write, no `num_classes`):
+    supcon, supcon_nc; infonce (the rows as [N/2, 2, d] examples x views);
+    projnce, projnce_nc (centroid / sample, beta 1); projnce:<positive>[_nc] with
+    negative 'sample' ('orthogonal' / 'mlp' always get num_classes); classpath
+    (centroid / centroid, num_classes); naive (a ten-line jnp SupCon, dense).
+  """
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import projnce_jax as pj  # pylint: disable=g-import-not-at-top
 
-  if kind == "supcon":
+  base, _, rest = kind.partition(":")
+  nc = NUM_CLASSES if kind.endswith("_nc") else None
+  base = base.removesuffix("_nc")
+  common = dict(temperature=TEMPERATURE, impl=impl, block_size=block_size)
+  if base == "supcon":
     def loss(z):
-      return pj.losses.supcon(z, labels, temperature=TEMPERATURE,
-                              num_classes=NUM_CLASSES, impl=impl, block_size=block_size)[0]
-  elif kind == "projnce":
+      return pj.losses.supcon(z, labels, num_classes=nc, **common)[0]
+  elif base == "infonce":
     def loss(z):
-      return pj.losses.projnce(z, labels, temperature=TEMPERATURE, beta=1.0,
-                               num_classes=NUM_CLASSES, impl=impl,
-                               block_size=block_size)[0]
-  elif kind == "classpath":
+      views = z.reshape(2, -1, z.shape[1]).transpose(1, 0, 2)  # [N/2, 2, d]
+      return pj.losses.infonce(views, **common)[0]
+  elif base == "projnce":
+    positive = rest.removesuffix("_nc") or "centroid"
+    extra = {}
+    if positive in ("orthogonal", "mlp"):
+      nc = NUM_CLASSES
+    if positive == "mlp":
+      extra["params"] = pj.losses.init_mlp_params(jax.random.key(0), num_classes=nc,
+                                                  dim=DIM)
+    def loss(z):
+      return pj.losses.projnce(z, labels, positive=positive, beta=1.0, num_classes=nc,
+                               **extra, **common)[0]
+  elif base == "classpath":
     def loss(z):
       return pj.losses.projnce(z, labels, temperature=TEMPERATURE, positive="centroid",
                                negative="centroid", num_classes=NUM_CLASSES)[0]
+  elif base == "naive":
+    y = jnp.asarray(labels)
+
+    def loss(z):
+      z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
+      s = z @ z.T / TEMPERATURE
+      eye = jnp.eye(z.shape[0], dtype=bool)
+      pos = (y[:, None] == y[None, :]) & ~eye
+      log_prob = s - jax.nn.logsumexp(jnp.where(eye, -jnp.inf, s), axis=1, keepdims=True)
+      return -jnp.mean(jnp.sum(jnp.where(pos, log_prob, 0.0), 1) / jnp.sum(pos, 1))
   else:
     raise ValueError(f"unknown kind {kind!r}")
   return jax.jit(jax.value_and_grad(loss))
@@ -424,11 +466,12 @@ def bench_memory(sizes) -> dict:
     notes.append(f"blockwise skipped: {why}")
   base = run_child(["run", "supcon", "dense", "256", str(budget), "1"])
   for n in sizes:
-    for impl in ("dense", "blockwise"):
+    for kind, impl in (("supcon", "dense"), ("supcon", "blockwise"),
+                       ("supcon_nc", "blockwise"), ("infonce", "blockwise")):
       if impl == "blockwise" and not blockwise_ok:
         continue
-      print(f"[memory] N={n} {impl}", flush=True)
-      rows.append(run_child(["run", "supcon", impl, str(n), str(budget), "1"]))
+      print(f"[memory] N={n} {kind} {impl}", flush=True)
+      rows.append(run_child(["run", kind, impl, str(n), str(budget), "1"]))
       print(f"  {rows[-1]}", flush=True)
   return {"rows": rows, "baseline": base, "notes": notes, "budget": budget}
 
@@ -437,20 +480,21 @@ def memory_table(res) -> str:
   out = []
   for r in res["rows"]:
     if "error" in r:
-      out.append([r.get("n", "?"), r.get("impl", "?"), "error: " + r["error"], "", "", ""])
+      out.append([r.get("n", "?"), r.get("kind", "?"), r.get("impl", "?"),
+                  "error: " + r["error"], "", "", ""])
       continue
     xla = "—" if "xla_bytes" not in r else f"{r['xla_bytes'] / GIB:.2f}"
     if "skipped" in r:
-      out.append([r["n"], r["impl"], "skipped: " + r["skipped"], xla, "—", "—"])
+      out.append([r["n"], r["kind"], r["impl"], "skipped: " + r["skipped"], xla, "—", "—"])
     else:
-      out.append([r["n"], r["impl"], f"{r['peak_rss_bytes'] / GIB:.2f}", xla,
+      out.append([r["n"], r["kind"], r["impl"], f"{r['peak_rss_bytes'] / GIB:.2f}", xla,
                   fmt_ms(r["time_s"]), f"{r['compile_s']:.1f}"])
   base = res["baseline"]
   note = ""
   if "peak_rss_bytes" in base:
     note = (f"\n\nBaseline (same process type, N=256): peak RSS "
             f"{base['peak_rss_bytes'] / GIB:.2f} GiB (Python + jax runtime + compiler).")
-  return table(["N", "impl", "peak RSS GiB", "XLA buffers GiB", "fwd+bwd ms (1 call)",
+  return table(["N", "loss call", "impl", "peak RSS GiB", "XLA buffers GiB", "fwd+bwd ms (1 call)",
                 "compile s"], out) + note
 
 
@@ -549,7 +593,178 @@ def ring_table(res) -> str:
 # ----------------------------------------------------------------------------------------
 
 
-def targets(speed, memory) -> str:
+# ----------------------------------------------------------------------------------------
+# Part: the API as users call it, beside the num_classes path and the PyTorch peers.
+# ----------------------------------------------------------------------------------------
+
+API_JAX = (
+    ("roofline", None, "three N x N x d matmuls (fwd scores, two bwd products)"),
+    ("naive", "dense", "ten-line jnp SupCon"),
+    ("supcon", "dense", "supcon(z, y)"),
+    ("supcon_nc", "dense", f"supcon(z, y, num_classes={NUM_CLASSES})"),
+    ("supcon", "blockwise", "supcon(z, y, impl='blockwise')"),
+    ("supcon_nc", "blockwise", f"supcon(z, y, impl='blockwise', num_classes={NUM_CLASSES})"),
+    ("infonce", "dense", "infonce(views)"),
+    ("infonce", "blockwise", "infonce(views, impl='blockwise')"),
+    ("projnce:centroid", "dense", "projnce(z, y) (centroid / sample)"),
+    ("projnce:centroid_nc", "dense", f"projnce(z, y, num_classes={NUM_CLASSES})"),
+    ("projnce:median", "dense", "projnce(z, y, positive='median')"),
+    ("projnce:median_nc", "dense", "projnce(z, y, positive='median', num_classes=M)"),
+    ("projnce:kernel", "dense", "projnce(z, y, positive='kernel')"),
+    ("projnce:kernel_nc", "dense", "projnce(z, y, positive='kernel', num_classes=M)"),
+    ("projnce:orthogonal", "dense", "projnce(z, y, positive='orthogonal', num_classes=M)"),
+    ("projnce:mlp", "dense", "projnce(z, y, positive='mlp', num_classes=M, params=...)"),
+)
+API_TORCH = (
+    ("torch_supcon_eager", "SupContrast formula, eager"),
+    ("torch_supcon_compile", "SupContrast formula, torch.compile"),
+    ("pml_supcon", "pytorch-metric-learning SupConLoss"),
+    ("lightly_ntxent", "lightly NTXentLoss (two views)"),
+)
+
+
+def child_api(n: int, threads: int, repeats: int, torch_compile: bool) -> dict:
+  """Times every API_JAX / API_TORCH contender at N rows, pinned to `threads` cores."""
+  try:
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
+  except (AttributeError, OSError):
+    pass
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  feats, labels_np = make_data(n)
+  z_np, rows_labels = as_rows(feats, labels_np)
+  z = jnp.asarray(z_np)
+  out = {"n": n, "threads": threads, "repeats": repeats, "times": {}, "notes": [],
+         "load_avg_1m": os.getloadavg()[0]}
+  calls = {}
+  for kind, impl, _ in API_JAX:
+    key = kind if impl is None else f"{kind}|{impl}"
+    f = roofline_fn() if kind == "roofline" else jax_loss_grad(kind, impl, rows_labels)
+    calls[key] = (lambda f=f: jax.block_until_ready(f(z)))
+  jax_keys = list(calls)
+  torch_keys = []
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(threads)
+    sys.path.insert(0, HERE)
+    from supcon_torch import supcon_loss  # pylint: disable=g-import-not-at-top
+    import torch_peers  # pylint: disable=g-import-not-at-top
+    x = torch.tensor(feats, requires_grad=True)
+    y = torch.tensor(labels_np)
+
+    def step(fn):
+      def run():
+        x.grad = None
+        loss = fn()
+        loss.backward()
+      return run
+
+    def rows_of(t):  # [b, 2, d] -> view-major rows [2b, d], as the JAX side
+      return torch.cat(torch.unbind(t, dim=1), dim=0)
+
+    peers = {"torch_supcon_eager": lambda: supcon_loss(x, y, TEMPERATURE)}
+    if torch_compile:
+      compiled = torch.compile(supcon_loss)
+      peers["torch_supcon_compile"] = lambda: compiled(x, y, TEMPERATURE)
+    try:
+      pml = torch_peers.load_pml_supcon()(temperature=TEMPERATURE)
+      y_rows = y.repeat(2)
+      peers["pml_supcon"] = lambda: pml(
+          torch.nn.functional.normalize(rows_of(x), dim=1), y_rows)
+    except ImportError as e:
+      out["notes"].append(f"pytorch-metric-learning skipped: {e}")
+    try:
+      ntx = torch_peers.load_lightly_ntxent()(temperature=TEMPERATURE)
+      peers["lightly_ntxent"] = lambda: ntx(x[:, 0], x[:, 1])
+    except ImportError as e:
+      out["notes"].append(f"lightly skipped: {e}")
+    for key, fn in peers.items():
+      try:
+        step(fn)()  # warm-up (compiles for torch.compile)
+        calls[key] = step(fn)
+        torch_keys.append(key)
+      except Exception as e:  # pylint: disable=broad-except
+        out["notes"].append(f"{key} failed: {type(e).__name__}: {str(e).splitlines()[0][:150]}")
+  except ImportError as e:
+    out["notes"].append(f"PyTorch skipped: {e} (pip install -e .[bench])")
+  # Round-robin repeats within each framework (load hits the contenders alike).
+  for group in (jax_keys, torch_keys):
+    for k in group:
+      t0 = time.perf_counter()
+      calls[k]()
+      print(f"  warm {k}: {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
+    times = {k: [] for k in group}
+    for _ in range(repeats):
+      for k in group:
+        t0 = time.perf_counter()
+        calls[k]()
+        times[k].append(time.perf_counter() - t0)
+    for k, ts in times.items():
+      out["times"][k] = statistics.median(ts)
+  out["load_avg_1m_end"] = os.getloadavg()[0]
+  return out
+
+
+def bench_api(n: int, threads_list, repeats: int, torch_compile: bool) -> dict:
+  runs = []
+  for threads in threads_list:
+    print(f"[api] N={n} threads={threads}", flush=True)
+    runs.append(run_child(["api", str(n), str(threads), str(repeats),
+                           "1" if torch_compile else "0"]))
+    print(f"  {runs[-1]}", flush=True)
+  return {"runs": runs, "n": n}
+
+
+def api_table(res) -> str:
+  runs = [r for r in res["runs"] if "times" in r]
+  errors = [r["error"] for r in res["runs"] if "error" in r]
+  if not runs:
+    return "no run finished: " + "; ".join(errors)
+  header = ["call"]
+  for r in runs:
+    header += [f"{r['threads']} thr ms", f"{r['threads']} thr vs roofline"]
+  rows = []
+  labels = [(k if i is None else f"{k}|{i}", text) for k, i, text in API_JAX]
+  labels += list(API_TORCH)
+  for key, text in labels:
+    row = [text]
+    for r in runs:
+      t = r["times"].get(key)
+      roof = r["times"].get("roofline")
+      row += [fmt_ms(t), "—" if t is None or roof is None else f"{roof / t:.2f}"]
+    rows.append(row)
+  notes = []
+  for r in runs:
+    notes.append(f"- {r['threads']} thread(s): load average {r['load_avg_1m']:.1f} at start,"
+                 f" {r['load_avg_1m_end']:.1f} at end, {r['repeats']} repeats")
+    notes += [f"- {n}" for n in r["notes"]]
+  notes += [f"- error: {e}" for e in errors]
+  text = (f"N = {res['n']} rows (two views of {res['n'] // 2} examples, {NUM_CLASSES} "
+          f"classes), d = {DIM}, float32, forward + backward w.r.t. the embeddings; "
+          "'vs roofline' = roofline time / call time (1.00 = the three matmuls alone). "
+          "Each thread count runs in its own process pinned to that many cores.")
+  return text + "\n\n" + table(header, rows) + "\n\n" + "\n".join(notes)
+
+
+def api_targets(res) -> list:
+  rows = []
+  for r in res.get("runs", []):
+    if "times" not in r:
+      continue
+    t = r["times"]
+    user, roof, comp = t.get("supcon|dense"), t.get("roofline"), t.get("torch_supcon_compile")
+    tag = f" ({r['threads']} thr, N={r['n']})"
+    if user and roof:
+      rows.append(["supcon(z, y) >= 0.80 of the three-matmul roofline" + tag,
+                   f"{roof / user:.2f}", "met" if roof / user >= TARGET_ROOFLINE else "not met"])
+    if user and comp:
+      rows.append(["supcon(z, y) >= 1.2x faster than torch.compile" + tag,
+                   f"{comp / user:.2f}x", "met" if comp / user >= TARGET_VS_COMPILE else "not met"])
+  return rows
+
+
+def targets(speed, memory, api=None) -> str:
   rows = []
 
   def find(n):
@@ -575,14 +790,16 @@ def targets(speed, memory) -> str:
                      "—"])
   else:
     rows.append(["dense targets at N=4096", "N=4096 not in --sizes", "—"])
-  bw = [m for m in (memory or {}).get("rows", [])
-        if m.get("impl") == "blockwise" and m.get("n") == 65536]
-  if bw and "peak_rss_bytes" in bw[0]:
-    rss = bw[0]["peak_rss_bytes"] / GIB
-    rows.append(["blockwise peak RSS at N=65536 < 2 GiB", f"{rss:.2f} GiB",
-                 "met" if rss < TARGET_BLOCKWISE_RSS else "not met"])
-  else:
-    rows.append(["blockwise peak RSS at N=65536 < 2 GiB", "not measured", "—"])
+  for kind in ("supcon", "infonce"):
+    label = f"{kind}(..., impl='blockwise') without num_classes: peak RSS at N=65536 < 2 GiB"
+    bw = [m for m in (memory or {}).get("rows", [])
+          if m.get("impl") == "blockwise" and m.get("n") == 65536 and m.get("kind") == kind]
+    if bw and "peak_rss_bytes" in bw[0]:
+      rss = bw[0]["peak_rss_bytes"] / GIB
+      rows.append([label, f"{rss:.2f} GiB",
+                   "met" if rss < TARGET_BLOCKWISE_RSS else "not met"])
+    else:
+      rows.append([label, "not measured", "—"])
   r = find(8192)
   if r and r.get("supcon_blockwise") and r.get("supcon_dense"):
     x = r["supcon_blockwise"] / r["supcon_dense"]
@@ -590,6 +807,7 @@ def targets(speed, memory) -> str:
                  "met" if x <= TARGET_BLOCKWISE_SLOWDOWN else "not met"])
   else:
     rows.append(["blockwise within 1.5x of dense time at N=8192", "not measured", "—"])
+  rows += api_targets(api or {})
   return table(["target", "measured", "status"], rows)
 
 
@@ -640,8 +858,19 @@ def main(argv=None) -> int:
                       help="repeats per size (default: 20/7/5/3 by size)")
   parser.add_argument("--no-torch-compile", action="store_true")
   parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+  parser.add_argument("--api-n", type=int, default=4096)
+  parser.add_argument("--threads", default="1,2",
+                      help="comma-separated thread counts for the api part")
+  parser.add_argument("--quick", action="store_true",
+                      help="a fast check of every part (small sizes, few repeats; "
+                      "written to --out, default /tmp/loss_bench_quick.md)")
   parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.quick:
+    args.sizes, args.mem_sizes, args.fastpath_n, args.ring_n = "1024", "4096", 4096, 1024
+    args.api_n, args.repeats = min(args.api_n, 1024), args.repeats or 3
+    if args.out == os.path.join(HERE, "RESULTS.md"):
+      args.out = "/tmp/loss_bench_quick.md"
 
   if args.child:
     kind = args.child[0]
@@ -650,6 +879,9 @@ def main(argv=None) -> int:
       print(json.dumps(child_run(k, impl, int(n), float(budget), int(reps))))
     elif kind == "ring":
       print(json.dumps(child_ring(int(args.child[1]), int(args.child[2]))))
+    elif kind == "api":
+      n, threads, reps, comp = (int(a) for a in args.child[1:])
+      print(json.dumps(child_api(n, threads, reps, bool(comp))))
     return 0
 
   parts = [p for p in args.parts.split(",") if p]
@@ -660,7 +892,7 @@ def main(argv=None) -> int:
       a for a in (argv if argv is not None else sys.argv[1:]))
   info = machine_info()
   print(json.dumps(info), flush=True)
-  sections, speed, memory = {}, None, None
+  sections, speed, memory, api = {}, None, None, None
   t_start = time.perf_counter()
 
   # Subprocess parts first, while this process is still small (memory budgets use
@@ -688,6 +920,11 @@ def main(argv=None) -> int:
         ring_table(ring) + "\n\nThe 8 devices share the machine's cores, so the time"
         " ratio shows overheads (extra passes, ppermute steps), not the communication"
         " savings ring gives on real multi-chip hardware.")
+  if "api" in parts:
+    api = bench_api(args.api_n, [int(t) for t in args.threads.split(",") if t],
+                    args.repeats or 7, not args.no_torch_compile)
+    sections["api"] = ("The API as users call it, beside num_classes and the PyTorch peers",
+                       api_table(api))
   if "speed" in parts:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     speed = bench_speed(sizes, args.repeats, not args.no_torch_compile)
@@ -695,8 +932,9 @@ def main(argv=None) -> int:
     if speed["notes"]:
       text += "\n\n" + "\n".join(f"- {n}" for n in speed["notes"])
     sections["speed"] = ("Speed: forward + backward", text)
-  sections = [sections[p] for p in ("speed", "memory", "fastpath", "ring") if p in sections]
-  sections.append(("Targets", targets(speed, memory)))
+  sections = [sections[p] for p in ("api", "speed", "memory", "fastpath", "ring")
+              if p in sections]
+  sections.append(("Targets", targets(speed, memory, api)))
   sections.append(("Run time", f"{time.perf_counter() - t_start:,.0f} s for the whole run;"
                    f" 1-minute load average at the end {os.getloadavg()[0]:.1f}."))
 

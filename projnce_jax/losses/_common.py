@@ -65,10 +65,10 @@ def to_varying(x, axis_name: Optional[str]):
     vma = getattr(jax.typeof(leaf), "vma", frozenset())
     if axis_name in vma:
       return leaf
-    return jax.lax.pcast(leaf, axis_name, to="varying")
+    try:
+      return jax.lax.pcast(leaf, axis_name, to="varying")
+    except (ValueError, NameError, TypeError):
+      # Already varying, or outside shard_map (pmap, no vma tracking): nothing to cast.
+      return leaf
 
-  try:
-    return jax.tree_util.tree_map(cast, x)
-  except (ValueError, NameError, TypeError):
-    # Outside shard_map (pmap, or no vma tracking) nothing needs casting.
-    return x
+  return jax.tree_util.tree_map(cast, x)

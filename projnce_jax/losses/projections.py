@@ -1,9 +1,11 @@
-"""Class projections g_i(c) of the ProjNCE family (spec section 2) as anchor-class scores.
+"""Class projections g_i(c) of the ProjNCE family (spec section 2) as class vectors.
 
-Every projection is evaluated as the matrix G[i, c] = z_i . g_i(c) for the local anchors i
-and the class slots c, where g_i leaves anchor i out of its own class (data-dependent
-projections). Nothing here builds the N x N matrix except `kernel`, whose leave-one-out
-weights need each anchor's distance to the rows of its own class (an [n, N] product).
+Every projection is evaluated as a table of class vectors g(c) [K, d] for the K class slots
+(what an anchor of another class sees) plus, per local anchor, the vector of its own class
+with the anchor left out, g_i(y_i) [n, d] (data-dependent projections). The class-level
+log-sum-exp then streams over the table (see `projnce`), so nothing here builds an [n, K]
+or [n, N] matrix: `kernel`'s leave-one-out weights, which need each anchor's distance to
+the rows of its own class, stream over blocks of rows (`kernel_own_sums`).
 
 | name         | g_i(c)                                                          |
 |--------------|-----------------------------------------------------------------|
@@ -14,6 +16,7 @@ weights need each anchor's distance to the rows of its own class (an [n, N] prod
 | `mlp`        | normalise(centre(MLP(onehot(c)))), trained by the caller        |
 """
 
+import functools
 from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
@@ -21,13 +24,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from projnce_jax.losses._common import normalize
+from projnce_jax.losses._common import normalize, to_varying
 
 DATA_DEPENDENT = ("centroid", "median", "kernel")
 CLASS_TABLE = ("orthogonal", "mlp")
 PROJECTIONS = DATA_DEPENDENT + CLASS_TABLE
 NEGATIVES = PROJECTIONS + ("sample",)
 ORTHOGONAL_SEED = 0
+
+# Rows per block of the kernel projection's own-class weights ([n, block] at a time).
+_KERNEL_BLOCK_BUDGET = 1 << 22
 
 
 class ClassBatch(NamedTuple):
@@ -56,40 +62,29 @@ class ClassBatch(NamedTuple):
   axis_name: Optional[str]
 
   @property
-  def own(self) -> jax.Array:
-    """[n, K] float one-hot of each valid anchor's own slot."""
-    k = self.counts.shape[0]
-    return jax.nn.one_hot(self.slots, k, dtype=self.z.dtype) * self.valid[:, None]
-
-  @property
-  def loo_counts(self) -> jax.Array:
-    """[n, K] n_c^(i) = |S_c \\ {i}|."""
-    return self.counts[None, :] - self.own
+  def own_count(self) -> jax.Array:
+    """[n] n_{y_i}^(i) = |S_{y_i} \\ {i}| for valid anchors (|S_{y_i}| for padding rows)."""
+    return self.counts[self.slots] - self.valid.astype(self.counts.dtype)
 
 
 def _psum(x, axis_name):
   return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
-def _with_own_column(scores, own_scores, own):
-  """Replaces column slot_i of `scores` [n, K] by `own_scores` [n] (leave-one-out)."""
-  return jnp.where(own > 0, own_scores[:, None], scores)
+def centroid_vectors(b: ClassBatch):
+  """Class means [K, d] and each anchor's leave-one-out own-class mean [n, d], O((n + K) d)."""
+  means = b.sums / jnp.maximum(b.counts, 1.0)[:, None]
+  own = (b.sums[b.slots] - b.z * b.valid[:, None]) / jnp.maximum(b.own_count, 1.0)[:, None]
+  return means, own
 
 
-def centroid_scores(b: ClassBatch) -> jax.Array:
-  """G[i, c] = z_i . mean(S_c \\ {i}) from the class sums, O(n K d)."""
-  own = b.own
-  dots = b.z @ b.sums.T  # [n, d] x [d, K] -> [n, K]
-  self_dot = jnp.sum(b.z * b.z, axis=1)
-  return (dots - own * self_dot[:, None]) / jnp.maximum(b.loo_counts, 1.0)
-
-
-def median_scores(b: ClassBatch) -> jax.Array:
-  """G[i, c] = z_i . coordinate-wise median of S_c \\ {i}.
+def median_vectors(b: ClassBatch):
+  """Coordinate-wise class medians [K, d] and leave-one-out own-class medians [n, d].
 
   One sort of the gathered batch per coordinate, keyed by (slot, value): each class is a
   contiguous run whose middle elements are its median; the leave-one-out median of an
   anchor skips the anchor's own rank in that run. Gradients flow to the selected rows.
+  Memory O(N d).
   """
   num, dim = b.z_all.shape
   k = b.counts.shape[0]
@@ -126,8 +121,7 @@ def median_scores(b: ClassBatch) -> jax.Array:
     return own_start + t + (t >= rho).astype(jnp.int32)
 
   loo = 0.5 * (pick(skip(t1)) + pick(skip(t2)))  # [n, d]
-  scores = b.z @ med.T  # [n, d] x [d, K] -> [n, K]
-  return _with_own_column(scores, jnp.sum(b.z * loo, axis=1), b.own)
+  return med, loo
 
 
 def epanechnikov(sq_dist: jax.Array, bandwidth) -> jax.Array:
@@ -136,18 +130,101 @@ def epanechnikov(sq_dist: jax.Array, bandwidth) -> jax.Array:
   return jax.lax.stop_gradient(w)
 
 
-def kernel_scores(b: ClassBatch, bandwidth: float = 1.0) -> jax.Array:
-  """G[i, c] = z_i . Nadaraya-Watson mean of S_c \\ {i} (Epanechnikov, around its mean).
+def _kernel_block_weights(m_loo, slots, row_ids, zb, slots_b, valid_b, ids_b, bandwidth):
+  """Own-class kernel weights of one row block: [n, B] (zero off the anchor's class)."""
+  sq = (jnp.sum(jnp.square(zb), axis=1)[None, :] - 2.0 * (m_loo @ zb.T) +
+        jnp.sum(jnp.square(m_loo), axis=1)[:, None])  # [n, d] x [d, B] -> [n, B]
+  member = ((slots_b[None, :] == slots[:, None]) & valid_b[None, :] &
+            (ids_b[None, :] != row_ids[:, None]))
+  return jnp.where(member, epanechnikov(jnp.maximum(sq, 0.0), bandwidth), 0.0)
+
+
+def _row_blocks(block, *xs):
+  num = xs[0].shape[0]
+  num_blocks = -(-num // block)
+  pad = num_blocks * block - num
+
+  def split(x, fill):
+    x = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1), constant_values=fill)
+    return x.reshape((num_blocks, block) + x.shape[1:])
+
+  fills = (0, -1, False, -1)
+  return tuple(split(x, f) for x, f in zip(xs, fills))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _kernel_stream(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block,
+                   axis_name):
+  """(sum_j w_ij z_j [n, d], sum_j w_ij [n]) over row blocks; w under stop_gradient."""
+  num_rows = z_all.shape[0]
+  blocks = _row_blocks(block, z_all, slots_all, valid_all, jnp.arange(num_rows))
+
+  def step(carry, xs):
+    num, den = carry
+    w = _kernel_block_weights(m_loo, slots, row_ids, *xs, bandwidth)
+    return (num + w @ xs[0], den + jnp.sum(w, axis=1)), None  # [n, B] x [B, d] -> [n, d]
+
+  init = to_varying((jnp.zeros_like(m_loo), jnp.zeros(m_loo.shape[:1], m_loo.dtype)),
+                    axis_name)
+  (num, den), _ = jax.lax.scan(step, init, blocks)
+  return num, den
+
+
+def _kernel_stream_fwd(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block,
+                       axis_name):
+  out = _kernel_stream(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block,
+                       axis_name)
+  return out, (m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth)
+
+
+def _kernel_stream_bwd(block, axis_name, res, g):
+  m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth = res
+  g_num = g[0]
+  blocks = _row_blocks(block, z_all, slots_all, valid_all, jnp.arange(z_all.shape[0]))
+
+  def step(_, xs):
+    w = _kernel_block_weights(m_loo, slots, row_ids, *xs, bandwidth)
+    return None, w.T @ g_num  # [B, n] x [n, d] -> [B, d]
+
+  del axis_name  # the scan carries nothing
+  _, dz = jax.lax.scan(step, None, blocks)
+  dz = dz.reshape(-1, z_all.shape[1])[:z_all.shape[0]]
+  return (jnp.zeros_like(m_loo), dz, None, None, None, None, jnp.zeros_like(bandwidth))
+
+
+_kernel_stream.defvjp(_kernel_stream_fwd, _kernel_stream_bwd)
+
+
+def kernel_own_sums(m_loo, b: ClassBatch, bandwidth):
+  """Weighted sums of each anchor's own class around m_loo: ([n, d], [n]).
+
+  Rows are read in blocks of B (memory O(n * B)); a single block is evaluated directly.
+  """
+  n, num_rows = b.z.shape[0], b.z_all.shape[0]
+  row_ids = b.offset + jnp.arange(n)
+  block = max(128, _KERNEL_BLOCK_BUDGET // max(n, 1))
+  if num_rows <= block:
+    w = _kernel_block_weights(m_loo, b.slots, row_ids, b.z_all, b.slots_all, b.valid_all,
+                              jnp.arange(num_rows), bandwidth)
+    return w @ b.z_all, jnp.sum(w, axis=1)  # [n, N] x [N, d] -> [n, d]
+  bandwidth = jnp.asarray(bandwidth, b.z.dtype)
+  args = to_varying((m_loo, b.z_all, b.slots, b.slots_all, b.valid_all, row_ids),
+                    b.axis_name)
+  return _kernel_stream(*args, bandwidth, block, b.axis_name)
+
+
+def kernel_vectors(b: ClassBatch, bandwidth: float = 1.0):
+  """Nadaraya-Watson class means [K, d] and leave-one-out own-class ones [n, d].
 
   Weights w_j = K(||z_j - m|| / h), m the class mean (leave-one-out for the anchor's own
-  class), under stop_gradient; all-zero weights fall back to m. Other classes use local
-  segment sums (psum'd); the own class needs the anchor-to-row distances, [n, N].
+  class), under stop_gradient; all-zero weights fall back to m. The table uses local
+  segment sums (psum'd); the own class streams over the gathered rows (`kernel_own_sums`).
   """
   k = b.counts.shape[0]
   axis = b.axis_name
   means = b.sums / jnp.maximum(b.counts, 1.0)[:, None]  # [K, d]
 
-  # Other classes: weights of local rows around their class mean, then psum.
+  # Every class: weights of local rows around their class mean, then psum.
   sq = jnp.sum(jnp.square(b.z - means[b.slots]), axis=1)
   w = epanechnikov(sq, bandwidth) * b.valid
   num = _psum(jax.ops.segment_sum(w[:, None] * b.z, b.slots, num_segments=k), axis)
@@ -157,19 +234,10 @@ def kernel_scores(b: ClassBatch, bandwidth: float = 1.0) -> jax.Array:
   # Own class, leaving the anchor out: m_i = (sum - z_i) / (n - 1).
   own_count = b.counts[b.slots] - 1.0
   m_loo = (b.sums[b.slots] - b.z) / jnp.maximum(own_count, 1.0)[:, None]  # [n, d]
-  sq_all = (jnp.sum(jnp.square(b.z_all), axis=1)[None, :] - 2.0 * (m_loo @ b.z_all.T) +
-            jnp.sum(jnp.square(m_loo), axis=1)[:, None])  # [n, N]
-  row_ids = b.offset + jnp.arange(b.z.shape[0])
-  member = ((b.slots_all[None, :] == b.slots[:, None]) & b.valid_all[None, :] &
-            (jnp.arange(b.z_all.shape[0])[None, :] != row_ids[:, None]))
-  w_own = jnp.where(member, epanechnikov(jnp.maximum(sq_all, 0.0), bandwidth), 0.0)
-  den_own = jnp.sum(w_own, axis=1)
-  num_own = w_own @ b.z_all  # [n, N] x [N, d] -> [n, d]
+  num_own, den_own = kernel_own_sums(m_loo, b, bandwidth)
   g_own = jnp.where(den_own[:, None] > 0,
                     num_own / jnp.where(den_own > 0, den_own, 1.0)[:, None], m_loo)
-
-  scores = b.z @ proj.T  # [n, d] x [d, K] -> [n, K]
-  return _with_own_column(scores, jnp.sum(b.z * g_own, axis=1), b.own)
+  return proj, g_own
 
 
 def orthogonal_table(num_classes: int, dim: int, seed: int = ORTHOGONAL_SEED) -> np.ndarray:

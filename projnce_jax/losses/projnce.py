@@ -9,8 +9,10 @@ g-, for anchor i and keys j in A(i) (every other row of the global batch):
     loss         = mean_i infonce_i + beta * adjustment_i
 
 Class-level terms are evaluated per class, LSE_j z_i.g(y_j)/tau =
-LSE_c [z_i.g_i(c)/tau + log n_c^(i)], in O(n M d); only the `sample` negative (SupCon's)
-needs all pairs, computed densely, blockwise or around a device ring.
+LSE_c [z_i.g_i(c)/tau + log n_c^(i)]: the anchor's own class comes from its class sum in
+O(d), the other classes stream over blocks of class slots (empty slots skipped) in
+O(n K d) time and O(n * block + K d) memory; only the `sample` negative (SupCon's) needs
+all pairs, computed densely, blockwise or around a device ring.
 """
 
 from typing import Any, Optional, Union
@@ -21,11 +23,15 @@ import numpy as np
 
 from projnce_jax.losses import projections as proj_lib
 from projnce_jax.losses import sample as sample_lib
-from projnce_jax.losses._common import compute_dtype, masked_logsumexp
+from projnce_jax.losses._common import compute_dtype, masked_logsumexp, to_varying
 from projnce_jax.losses._common import normalize as l2_normalize
 
 Projection = Union[str, jax.Array, np.ndarray]
 AUX_KEYS = ("infonce_term", "adjustment", "mi_lower_bound", "num_anchors", "positive_score")
+# Class-level LSE: up to this many class slots in one block; otherwise blocks of _CLASS_BLOCK
+# slots (empty blocks skipped).
+_CLASS_DENSE_SLOTS = 512
+_CLASS_BLOCK = 256
 
 
 # ----------------------------------------------------------------------------------------
@@ -129,7 +135,8 @@ def _class_batch(z, labels, valid, num_classes, axis_name, *,
   offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
   labels_all = _gather(labels, axis_name)
   if num_classes is None:
-    # Data-dependent projections only: slots are the distinct labels of the global batch.
+    # Data-dependent projections only: slots are the distinct labels of the global batch,
+    # sorted, so the occupied slots come first (the class stream skips the empty rest).
     num = labels_all.shape[0]
     _, slots_all = jnp.unique(labels_all, size=num, fill_value=jnp.iinfo(labels.dtype).max,
                               return_inverse=True)
@@ -147,26 +154,79 @@ def _class_batch(z, labels, valid, num_classes, axis_name, *,
                              valid_all=_gather(valid, axis_name), axis_name=axis_name)
 
 
-def _class_scores(b: proj_lib.ClassBatch, name: Projection, *, params, num_classes,
-                  bandwidth) -> jax.Array:
-  """G[i, c] = z_i . g_i(c) for projection `name`: [n, K]."""
+def _class_vectors(b: proj_lib.ClassBatch, name: Projection, *, params, num_classes,
+                   bandwidth):
+  """(table [K, d] of g(c), own [n, d] of g_i(y_i)) for projection `name`."""
   if not isinstance(name, str):
-    return b.z @ jnp.asarray(name, b.z.dtype).T  # [n, d] x [d, M] -> [n, M]
-  if name == "centroid":
-    return proj_lib.centroid_scores(b)
-  if name == "median":
-    return proj_lib.median_scores(b)
-  if name == "kernel":
-    return proj_lib.kernel_scores(b, bandwidth)
-  if name == "orthogonal":
-    table = proj_lib.orthogonal_table(num_classes, b.z.shape[1])
+    table = jnp.asarray(name, b.z.dtype)
+  elif name == "centroid":
+    return proj_lib.centroid_vectors(b)
+  elif name == "median":
+    return proj_lib.median_vectors(b)
+  elif name == "kernel":
+    return proj_lib.kernel_vectors(b, bandwidth)
+  elif name == "orthogonal":
+    table = jnp.asarray(proj_lib.orthogonal_table(num_classes, b.z.shape[1]), b.z.dtype)
   else:  # mlp
-    table = proj_lib.mlp_table(params, num_classes)
-  return b.z @ jnp.asarray(table, b.z.dtype).T  # [n, d] x [d, M] -> [n, M]
+    table = jnp.asarray(proj_lib.mlp_table(params, num_classes), b.z.dtype)
+  return table, table[b.slots]
+
+
+def _class_block(num_queries: int, num_slots: int, block_size: Optional[int]) -> int:
+  """Class slots per block of the class-level LSE (static shapes only)."""
+  if block_size is not None:
+    return min(block_size, num_slots)
+  if num_slots <= _CLASS_DENSE_SLOTS:
+    return num_slots  # one block: as cheap as a dense [n, K] evaluation
+  return min(_CLASS_BLOCK, sample_lib.auto_block_size(num_queries, num_slots))
+
+
+def _logaddexp(a, b):
+  """log(exp(a) + exp(b)) with -inf allowed in both (finite gradients)."""
+  shift = jax.lax.stop_gradient(jnp.maximum(a, b))
+  shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
+  total = jnp.exp(a - shift) + jnp.exp(b - shift)
+  ok = total > 0
+  return jnp.where(ok, shift + jnp.log(jnp.where(ok, total, 1.0)), -jnp.inf)
+
+
+def _class_lse(q, q_ids, own_score, own_count, table, table_ids, counts, *, block, axis_name,
+               ring=False):
+  """Class-level LSE: log(sum_{c != own} n_c e^{q_i.g(c)} + n_own e^{own_score_i}).
+
+  Args:
+    q: [n, d] anchors scaled by 1 / tau (matmul dtype).
+    q_ids: [n] the anchor's own class id (its column is left out of the stream).
+    own_score: [n] z_i . g_i(y_i) / tau (compute dtype); own_count: [n] n_{y_i}^(i).
+    table: [K, d] class vectors (matmul dtype); table_ids: [K]; counts: [K] class sizes.
+    block: class slots per block.
+    axis_name: data axis (inside shard_map) or None.
+    ring: the table is device-local and travels around the ring (instance classes).
+
+  Returns:
+    [n] in >= float32; -inf where no class has a key for the anchor.
+  """
+  present = counts > 0
+  bias = jnp.log(jnp.where(present, counts, 1.0)).astype(own_score.dtype)
+  args = to_varying((q, q_ids, table, table_ids, present, bias), axis_name)
+  if ring:
+    other = sample_lib.ring_lse(*args, block, axis_name, True)
+  elif block >= table.shape[0]:  # one block: evaluate [n, K] directly
+    scores = sample_lib.dot_nt(q, table) + bias[None, :]  # [n, d] x [d, K] -> [n, K]
+    other = masked_logsumexp(scores, present[None, :] & (table_ids[None, :] != q_ids[:, None]))
+  else:
+    other = sample_lib.stream_lse(*args, block, axis_name, True)
+  own = jnp.where(own_count > 0, own_score + jnp.log(jnp.maximum(own_count, 1.0)), -jnp.inf)
+  return _logaddexp(other, own)
 
 
 def _same_projection(a: Projection, b: Projection) -> bool:
   return isinstance(a, str) and isinstance(b, str) and a == b
+
+
+def _matmul_dtype(dtype):
+  """Similarity matmuls run in the input dtype when it is narrower than float32."""
+  return dtype if jnp.finfo(dtype).bits < 32 else compute_dtype(dtype)
 
 
 def projnce(z: jax.Array, labels: jax.Array, *, temperature=0.1,
@@ -178,32 +238,40 @@ def projnce(z: jax.Array, labels: jax.Array, *, temperature=0.1,
             bandwidth: float = 1.0):
   """The ProjNCE loss for a batch of embeddings with class labels (spec section 3).
 
+  Memory: the class-level terms stream over blocks of class slots and never hold an
+  [n, K] or [n, N] matrix, with or without `num_classes`; only `impl='dense'` holds the
+  [n, N] all-pairs block of the `sample` negative. `blockwise` and `ring` need
+  O(n * block + N * d) per device.
+
   Args:
     z: [n, d] embeddings of the local rows (with V views per example, the views are
-      separate rows sharing a label). Any float dtype; computed in >= float32.
+      separate rows sharing a label). Any float dtype: bfloat16/float16 similarity
+      matmuls run in that dtype with float32 accumulation; statistics, log-sum-exp and
+      the loss are float32 (float64 for float64 input).
     labels: [n] int class labels (instance ids for self-supervised use).
     temperature: tau > 0.
     positive: g+; one of 'centroid', 'median', 'kernel', 'orthogonal', 'mlp', or a
       [num_classes, d] array of class vectors.
     negative: g-; any positive projection or 'sample' (the key's own embedding).
-    beta: weight of the adjustment term (1 = ProjNCE, 0 = no adjustment).
+    beta: weight of the adjustment term (1 = ProjNCE, 0 = no adjustment; with a Python
+      0 the adjustment is reported in aux but not differentiated).
     num_classes: M; required by 'orthogonal', 'mlp' and tables. With data-dependent
       projections it only sets the number of class slots (the result does not depend on
-      it) and enables the O(n M d) class path; when None the slots are the distinct
-      labels of the batch (up to N).
+      it); when None the slots are the distinct labels of the global batch (up to N,
+      the occupied ones streamed in blocks).
     params: parameters of the 'mlp' projection (`init_mlp_params`).
     axis_name: data-parallel axis (inside shard_map/pmap): local anchors contrast against
       the global batch; the returned loss and aux are global and equal on every device.
     impl: 'dense', 'blockwise' or 'ring' (the all-pairs 'sample' term only).
-    block_size: key block for 'blockwise'/'ring' (None: automatic).
+    block_size: key block for 'blockwise'/'ring', and class slots per block of the
+      class-level terms (None: automatic, from the static shapes).
     normalize: L2-normalise z inside the loss (idempotent).
     mask: optional [n] bool; False rows (padding) are neither anchors nor keys.
-    log_ratio_clip: optional upper clip on LSE+ - LSE- before exponentiating, for
-      stability. Off by default: clipping breaks the MI bound.
-    bandwidth: h of the 'kernel' projection.
+    log_ratio_clip: optional upper clip on LSE+ - LSE- before the exp of the adjustment.
+    bandwidth: Epanechnikov bandwidth h of the 'kernel' projection.
 
   Returns:
-    (loss, aux): scalar loss (mean over anchors whose g+_i(y_i) is defined; 0 if none) and
+    (loss, aux): the scalar loss (mean over anchors whose terms are defined; 0 if none) and
     a dict of scalars: infonce_term, adjustment, mi_lower_bound
     (= log(N - 1) - infonce_term - adjustment), num_anchors, positive_score (mean p_i tau).
 
@@ -216,44 +284,74 @@ def projnce(z: jax.Array, labels: jax.Array, *, temperature=0.1,
   _validate(z, labels, temperature=temperature, positive=positive, negative=negative,
             num_classes=num_classes, params=params, axis_name=axis_name, impl=impl,
             block_size=block_size, mask=mask)
+  return _projnce(z, labels, temperature=temperature, positive=positive, negative=negative,
+                  beta=beta, num_classes=num_classes, params=params, axis_name=axis_name,
+                  impl=impl, block_size=block_size, normalize=normalize, mask=mask,
+                  log_ratio_clip=log_ratio_clip, bandwidth=bandwidth)
+
+
+def _projnce(z, labels, *, temperature, positive, negative, beta, num_classes, params,
+             axis_name, impl, block_size, normalize, mask, log_ratio_clip, bandwidth,
+             num_views=None):
+  """`projnce` after validation. `num_views` = V selects the instance path: rows are
+  examples x V views (example-major, all views of an example on this device) and the
+  classes are the examples (labels are ignored); positive=centroid, negative=sample."""
   dtype = compute_dtype(z.dtype)
+  mdtype = _matmul_dtype(z.dtype)
   z = z.astype(dtype)
   if normalize:
     z = l2_normalize(z)
+  zm = z.astype(mdtype)
   n = z.shape[0]
   valid = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
   inv_tau = 1.0 / jnp.asarray(temperature, dtype)
+  q = (z * inv_tau).astype(mdtype)
+  stop_adjustment = isinstance(beta, (int, float)) and beta == 0
 
-  gather_rows = any(isinstance(p, str) and p in ("median", "kernel")
-                    for p in (positive, negative))
-  b = _class_batch(z, labels, valid, num_classes, axis_name, gather_rows=gather_rows)
-  num_valid = jnp.sum(b.counts)
-  loo_counts = b.loo_counts
-  log_counts = jnp.where(loo_counts > 0, jnp.log(jnp.maximum(loo_counts, 1.0)), -jnp.inf)
-  present = loo_counts > 0  # [n, K] classes with a key for anchor i
+  if num_views is not None:
+    own_count, pos_score, lse_pos, num_valid = _instance_terms(
+        z, q, valid, num_views, inv_tau, impl=impl, block_size=block_size,
+        axis_name=axis_name)
+    if stop_adjustment:
+      lse_pos = jax.lax.stop_gradient(lse_pos)
+    defined = valid & (own_count > 0)
+    lse_neg = None
+  else:
+    gather_rows = any(isinstance(p, str) and p in ("median", "kernel")
+                      for p in (positive, negative))
+    b = _class_batch(z, labels, valid, num_classes, axis_name, gather_rows=gather_rows)
+    num_valid = jnp.sum(b.counts)
+    own_count = b.own_count
+    num_slots = b.counts.shape[0]
+    block = _class_block(n, num_slots, block_size)
+    slot_ids = jnp.arange(num_slots, dtype=jnp.int32)
+    kw = dict(params=params, num_classes=num_classes, bandwidth=bandwidth)
 
-  kw = dict(params=params, num_classes=num_classes, bandwidth=bandwidth)
-  g_pos = _class_scores(b, positive, **kw)
-  own = b.own
-  pos_score = jnp.sum(g_pos * own, axis=1)  # z_i . g+_i(y_i)
-  lse_pos = masked_logsumexp(g_pos * inv_tau + log_counts, present, axis=1)
-  if _same_projection(positive, negative):
-    lse_neg = lse_pos
-  elif isinstance(negative, str) and negative == "sample":
-    ids = b.offset + jnp.arange(n)
-    lse_neg = sample_lib.all_pairs_lse(z, ids, valid, inv_tau, impl=impl,
+    def class_lse(name):
+      table, own = _class_vectors(b, name, **kw)
+      score = jnp.sum(z * own, axis=1)  # z_i . g_i(y_i)
+      lse = _class_lse(q, b.slots, score * inv_tau, own_count, table.astype(mdtype),
+                       slot_ids, b.counts, block=block, axis_name=axis_name)
+      return score, lse
+
+    pos_score, lse_pos = class_lse(positive)
+    if _same_projection(positive, negative):
+      lse_neg = lse_pos
+    elif not (isinstance(negative, str) and negative == "sample"):
+      lse_neg = class_lse(negative)[1]
+    else:
+      lse_neg = None
+    if stop_adjustment:
+      lse_pos = jax.lax.stop_gradient(lse_pos)
+    if isinstance(positive, str) and positive in proj_lib.DATA_DEPENDENT:
+      defined = valid & (own_count > 0)
+    else:
+      defined = valid & ((num_valid - valid.astype(dtype)) > 0)
+  if lse_neg is None:  # negative = 'sample': the all-pairs term
+    ids = (0 if axis_name is None else jax.lax.axis_index(axis_name) * n) + jnp.arange(n)
+    lse_neg = sample_lib.all_pairs_lse(zm, ids, valid, inv_tau, impl=impl,
                                        block_size=block_size, axis_name=axis_name)
-  else:
-    g_neg = _class_scores(b, negative, **kw)
-    lse_neg = masked_logsumexp(g_neg * inv_tau + log_counts, present, axis=1)
 
-  # Anchors: valid rows with some key, and a defined g+_i(y_i) (data-dependent g+ needs
-  # another member of the anchor's class in the global batch).
-  has_key = (num_valid - valid.astype(dtype)) > 0
-  if isinstance(positive, str) and positive in proj_lib.DATA_DEPENDENT:
-    defined = valid & (jnp.sum(loo_counts * own, axis=1) > 0)
-  else:
-    defined = valid & has_key
   zero = jnp.zeros((), dtype)
   infonce_i = jnp.where(defined, lse_neg - pos_score * inv_tau, zero)
   log_ratio = jnp.where(defined, lse_pos - lse_neg, zero)
@@ -266,12 +364,48 @@ def projnce(z: jax.Array, labels: jax.Array, *, temperature=0.1,
   infonce_term = _psum(jnp.sum(infonce_i), axis_name) / denom
   adjustment = _psum(jnp.sum(adjustment_i), axis_name) / denom
   positive_score = _psum(jnp.sum(jnp.where(defined, pos_score, zero)), axis_name) / denom
-  loss = infonce_term + beta * adjustment
+  loss = infonce_term + (0.0 if stop_adjustment else beta * adjustment)
   log_n1 = jnp.log(jnp.maximum(num_valid - 1.0, 1.0))
   aux = dict(infonce_term=infonce_term, adjustment=adjustment,
              mi_lower_bound=log_n1 - infonce_term - adjustment,
              num_anchors=count.astype(jnp.int32), positive_score=positive_score)
   return loss, aux
+
+
+def _instance_terms(z, q, valid, num_views, inv_tau, *, impl, block_size, axis_name):
+  """Centroid terms when every example is its own class and its views are local.
+
+  Each anchor's positive is the mean of its example's other views (a local row sum); the
+  class-level LSE streams over the examples' centroids, gathered (dense, blockwise) or
+  passed around the ring, so no [examples, d] table is all-reduced.
+
+  Returns:
+    (own_count [n], pos_score [n], lse_pos [n], num_valid scalar).
+  """
+  n, dim = z.shape
+  b = n // num_views
+  w = valid.astype(z.dtype)
+  zv = (z * w[:, None]).reshape(b, num_views, dim)
+  counts = jnp.sum(w.reshape(b, num_views), axis=1)  # [b]
+  sums = jnp.sum(zv, axis=1)  # [b, d]
+  slots = jnp.repeat(jnp.arange(b, dtype=jnp.int32), num_views)
+  own_count = counts[slots] - w
+  own = (sums[slots] - z * w[:, None]) / jnp.maximum(own_count, 1.0)[:, None]
+  pos_score = jnp.sum(z * own, axis=1)
+  means = (sums / jnp.maximum(counts, 1.0)[:, None]).astype(q.dtype)
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
+  ids = offset + jnp.arange(b, dtype=jnp.int32)
+  q_ids = offset + slots
+  block = _class_block(n, b * (1 if axis_name is None else jax.lax.axis_size(axis_name)),
+                       block_size)
+  if impl == "ring":
+    lse = _class_lse(q, q_ids, pos_score * inv_tau, own_count, means, ids, counts,
+                     block=min(block, b), axis_name=axis_name, ring=True)
+  else:
+    lse = _class_lse(q, q_ids, pos_score * inv_tau, own_count, _gather(means, axis_name),
+                     _gather(ids, axis_name), _gather(counts, axis_name), block=block,
+                     axis_name=axis_name)
+  return own_count, pos_score, lse, _psum(jnp.sum(counts), axis_name)
 
 
 def supcon(z: jax.Array, labels: jax.Array, *, temperature=0.1,
@@ -324,13 +458,13 @@ def infonce(z_views: jax.Array, *, temperature=0.1, axis_name: Optional[str] = N
   b, v, d = z_views.shape
   if v < 2:
     raise ValueError(f"infonce needs at least 2 views per example, got V={v}.")
-  devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
-  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
-  ids = offset + jnp.arange(b, dtype=jnp.int32)
-  labels = jnp.repeat(ids, v)
   rows_mask = None if mask is None else jnp.repeat(jnp.asarray(mask, bool), v)
-  return projnce(z_views.reshape(b * v, d), labels, temperature=temperature,
-                 positive="centroid", negative="sample", beta=0.0,
-                 num_classes=b * devices, axis_name=axis_name, impl=impl,
-                 block_size=block_size, normalize=normalize, mask=rows_mask)
-
+  labels = jnp.repeat(jnp.arange(b, dtype=jnp.int32), v)
+  _validate(z_views.reshape(b * v, d), labels, temperature=temperature, positive="centroid",
+            negative="sample", num_classes=None, params=None, axis_name=axis_name,
+            impl=impl, block_size=block_size, mask=rows_mask)
+  return _projnce(z_views.reshape(b * v, d), labels, temperature=temperature,
+                  positive="centroid", negative="sample", beta=0.0, num_classes=None,
+                  params=None, axis_name=axis_name, impl=impl, block_size=block_size,
+                  normalize=normalize, mask=rows_mask, log_ratio_clip=None, bandwidth=1.0,
+                  num_views=v)

@@ -1,41 +1,47 @@
-"""The all-pairs term LSE_{j != i} z_i . z_j / tau: dense, blockwise and ring kernels.
+"""Streaming log-sum-exp kernels: the all-pairs term and the class-level terms.
 
-This is the only part of the ProjNCE family that needs every pair of rows (the `sample`
-negative projection, i.e. SupCon's negatives). Three implementations share one contract:
+The all-pairs term LSE_{j != i} z_i . z_j / tau (the `sample` negative projection, i.e.
+SupCon's negatives) is the only part of the ProjNCE family that needs every pair of rows.
+The class-level terms LSE_c [z_i . g(c) / tau + log n_c] have the same shape with class
+vectors as keys and a per-key bias. One contract covers both:
 
-  lse[i] = log sum_{j : valid_j and id_j != id_i} exp(q_i . k_j)
+  lse[i] = log sum_{j : valid_j and id_j != qid_i} exp(q_i . k_j + bias_j)
 
-with `q = z_local / tau` (local anchors) and keys `k` = the rows of the global batch.
+- dense: one [n, N] score block (keys all-gathered across devices); all-pairs only.
+- blockwise (`stream_lse`): a streaming log-sum-exp over key blocks; a custom VJP
+  recomputes the block scores in the backward pass, so memory is O(n * block), never
+  O(n * N). Blocks without a valid key are skipped (`skip_empty`), so a table of K class
+  slots of which only the first few are occupied costs only the occupied blocks.
+- ring (`ring_lse`): keys travel around the device ring with `ppermute` inside a
+  `lax.fori_loop` (the compiled program does not grow with the device count), each step
+  blockwise; in the backward pass the key gradients travel with them and arrive home
+  after a full turn. Memory per device does not depend on the number of devices.
 
-- dense: one [n, N] score block (keys all-gathered across devices).
-- blockwise: a streaming log-sum-exp over key blocks; a custom VJP recomputes the block
-  scores in the backward pass, so memory is O(n * block), never O(n * N).
-- ring: keys travel around the device ring with `ppermute` (each step blockwise); in the
-  backward pass the key gradients travel with them and arrive home after a full turn.
-  Memory per device does not depend on the number of devices.
+Matmuls run in the dtype of `q`/`k` (e.g. bfloat16) with accumulation in at least
+float32 (`preferred_element_type`); the log-sum-exp statistics are at least float32.
 """
 
 import functools
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from projnce_jax.losses._common import masked_logsumexp, to_varying
+from projnce_jax.losses._common import compute_dtype, masked_logsumexp, to_varying
 
 IMPLS = ("dense", "blockwise", "ring")
 
-# Score-block budget for the automatic block size: n * block <= 2**24 entries (64 MiB f32).
-_BLOCK_BUDGET = 1 << 24
+# Score-block budget for the automatic block size: n * block <= 2**22 entries (16 MiB f32).
+_BLOCK_BUDGET = 1 << 22
 _MIN_BLOCK = 128
 
 
 def auto_block_size(num_queries: int, num_keys: int) -> int:
   """The key-block size used when `block_size=None`: a power of two with
-  `num_queries * block <= 2**24`, at least 128 and at most `num_keys`.
+  `num_queries * block <= 2**22`, at least 128 and at most `num_keys`.
 
   Example:
-    >>> auto_block_size(65536, 65536)
+    >>> auto_block_size(16384, 16384)
     256
   """
   block = _MIN_BLOCK
@@ -48,9 +54,27 @@ def _gather(x, axis_name):
   return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
 
 
+def dot_nt(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a [n, d] . b [m, d]^T -> [n, m] in the operands' dtype, accumulated in >= float32."""
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())),
+                             preferred_element_type=compute_dtype(a.dtype))
+
+
+def dot_nn(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a [n, m] . b [m, d] -> [n, d] in b's dtype, accumulated in >= float32."""
+  return jax.lax.dot_general(a.astype(b.dtype), b, (((1,), (0,)), ((), ())),
+                             preferred_element_type=compute_dtype(b.dtype))
+
+
+def dot_tn(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a [m, n]^T . b [m, d] -> [n, d] in b's dtype, accumulated in >= float32."""
+  return jax.lax.dot_general(a.astype(b.dtype), b, (((0,), (0,)), ((), ())),
+                             preferred_element_type=compute_dtype(b.dtype))
+
+
 def dense_lse(q, k, q_ids, k_ids, k_valid):
   """Dense all-pairs LSE: q [n, d], k [N, d] -> [n]; the [n, N] block is materialised."""
-  s = q @ k.T  # [n, d] x [d, N] -> [n, N]
+  s = dot_nt(q, k)  # [n, d] x [d, N] -> [n, N]
   mask = k_valid[None, :] & (k_ids[None, :] != q_ids[:, None])
   return masked_logsumexp(s, mask, axis=1)
 
@@ -59,44 +83,68 @@ def dense_lse(q, k, q_ids, k_ids, k_valid):
 # Streaming log-sum-exp over key blocks (shared by blockwise and ring).
 
 
-def _split_blocks(k, k_ids, k_valid, block):
+class Keys(NamedTuple):
+  """Keys of a streaming LSE: vectors [N, d], ids [N], valid [N] and an optional bias [N]."""
+  k: jax.Array
+  ids: jax.Array
+  valid: jax.Array
+  bias: Optional[jax.Array] = None
+
+
+def _split_blocks(keys: Keys, block: int) -> Keys:
   """Pads the keys to a multiple of `block` and reshapes to [num_blocks, block, ...]."""
-  num, dim = k.shape
+  num, dim = keys.k.shape
   num_blocks = -(-num // block)
   pad = num_blocks * block - num
-  k = jnp.pad(k, ((0, pad), (0, 0))).reshape(num_blocks, block, dim)
-  k_ids = jnp.pad(k_ids, (0, pad), constant_values=-1).reshape(num_blocks, block)
-  k_valid = jnp.pad(k_valid, (0, pad)).reshape(num_blocks, block)
-  return k, k_ids, k_valid
+
+  def split(x, fill):
+    widths = ((0, pad),) + ((0, 0),) * (x.ndim - 1)
+    x = jnp.pad(x, widths, constant_values=fill)
+    return x.reshape((num_blocks, block) + x.shape[1:])
+
+  bias = None if keys.bias is None else split(keys.bias, 0)
+  return Keys(split(keys.k, 0), split(keys.ids, -1), split(keys.valid, False), bias)
 
 
-def _masked_scores(q, q_ids, kb, kb_ids, kb_valid):
+def _masked_scores(q, q_ids, kb: Keys):
   """Scores of one key block, -inf where masked: [n, d] x [B, d] -> [n, B]."""
-  s = q @ kb.T  # [n, d] x [d, B] -> [n, B]
-  mask = kb_valid[None, :] & (kb_ids[None, :] != q_ids[:, None])
+  s = dot_nt(q, kb.k)  # [n, d] x [d, B] -> [n, B]
+  if kb.bias is not None:
+    s = s + kb.bias[None, :].astype(s.dtype)
+  mask = kb.valid[None, :] & (kb.ids[None, :] != q_ids[:, None])
   return jnp.where(mask, s, -jnp.inf)
 
 
-def _stream_stats(q, q_ids, k, k_ids, k_valid, block, carry, axis_name):
-  """Folds the keys `k` into the running (max, sum-exp) `carry`, block by block."""
-  kb, kb_ids, kb_valid = _split_blocks(k, k_ids, k_valid, block)
+def _maybe_skip(skip_empty, kb: Keys, compute, skipped, operand):
+  """`compute(operand)`, or `skipped(operand)` when the block has no valid key."""
+  if not skip_empty:
+    return compute(operand)
+  return jax.lax.cond(jnp.any(kb.valid), compute, skipped, operand)
 
-  def step(carry, xs):
-    m, l = carry
-    s = _masked_scores(q, q_ids, *xs)
-    m_new = jnp.maximum(m, jnp.max(s, axis=1))
-    shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-    l = l * jnp.exp(m - shift) + jnp.sum(jnp.exp(s - shift[:, None]), axis=1)
-    return (m_new, l), None
+
+def _stream_stats(q, q_ids, keys: Keys, block, carry, axis_name, skip_empty):
+  """Folds `keys` into the running (max, sum-exp) `carry`, block by block."""
+  blocks = _split_blocks(keys, block)
+
+  def step(carry, kb):
+    def update(carry):
+      m, l = carry
+      s = _masked_scores(q, q_ids, kb)
+      m_new = jnp.maximum(m, jnp.max(s, axis=1))
+      shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+      l = l * jnp.exp(m - shift) + jnp.sum(jnp.exp(s - shift[:, None]), axis=1)
+      return m_new, l
+
+    return _maybe_skip(skip_empty, kb, update, lambda c: c, carry), None
 
   carry = to_varying(carry, axis_name)
-  carry, _ = jax.lax.scan(step, carry, (kb, kb_ids, kb_valid))
+  carry, _ = jax.lax.scan(step, carry, blocks)
   return carry
 
 
 def _init_stats(q):
-  n = q.shape[0]
-  return jnp.full((n,), -jnp.inf, q.dtype), jnp.zeros((n,), q.dtype)
+  n, dtype = q.shape[0], compute_dtype(q.dtype)
+  return jnp.full((n,), -jnp.inf, dtype), jnp.zeros((n,), dtype)
 
 
 def _finish_stats(carry):
@@ -105,51 +153,82 @@ def _finish_stats(carry):
   return jnp.where(l > 0, jnp.log(jnp.where(l > 0, l, 1.0)) + shift, -jnp.inf)
 
 
-def _stream_grads(q, q_ids, lse, g, k, k_ids, k_valid, block, dq, axis_name):
-  """Backward of the streaming LSE for the keys `k`: returns (dq + dq_k, dk)."""
-  num, dim = k.shape
-  kb, kb_ids, kb_valid = _split_blocks(k, k_ids, k_valid, block)
+def _stream_grads(q, q_ids, lse, g, keys: Keys, block, dq, axis_name, skip_empty):
+  """Backward of the streaming LSE for `keys`: returns (dq + dq_k, dk, dbias).
+
+  dq is accumulated in >= float32; dk and dbias come back in float32 (or float64).
+  """
+  num, dim = keys.k.shape
+  blocks = _split_blocks(keys, block)
   finite = jnp.isfinite(lse)
   lse = jnp.where(finite, lse, 0.0)
   g = jnp.where(finite, g, 0.0)
+  acc = compute_dtype(q.dtype)
 
-  def step(dq, xs):
-    kblk = xs[0]
-    s = _masked_scores(q, q_ids, *xs)
-    w = jnp.exp(s - lse[:, None]) * g[:, None]  # softmax weights times cotangent, [n, B]
-    dq = dq + w @ kblk  # [n, B] x [B, d] -> [n, d]
-    dk = w.T @ q  # [B, n] x [n, d] -> [B, d]
-    return dq, dk
+  def step(dq, kb):
+    def compute(dq):
+      s = _masked_scores(q, q_ids, kb)
+      w = jnp.exp(s - lse[:, None]) * g[:, None]  # softmax weights times cotangent, [n, B]
+      dk = dot_tn(w, q).astype(acc)  # [B, n] x [n, d] -> [B, d]
+      return dq + dot_nn(w, kb.k).astype(acc), dk, jnp.sum(w, axis=0).astype(acc)
+
+    def skipped(dq):
+      zeros = (jnp.zeros((block, dim), acc), jnp.zeros((block,), acc))
+      return (dq,) + to_varying(zeros, axis_name)
+
+    return (lambda r: (r[0], r[1:]))(_maybe_skip(skip_empty, kb, compute, skipped, dq))
 
   dq = to_varying(dq, axis_name)
-  dq, dk = jax.lax.scan(step, dq, (kb, kb_ids, kb_valid))
-  return dq, dk.reshape(-1, dim)[:num]
+  dq, (dk, dbias) = jax.lax.scan(step, dq, blocks)
+  return dq, dk.reshape(-1, dim)[:num], dbias.reshape(-1)[:num]
+
+
+def _cotangents(keys: Keys, dk, dbias):
+  """Cotangents for the Keys fields in the primal dtypes (None for ints/bools)."""
+  db = None if keys.bias is None else dbias.astype(keys.bias.dtype)
+  return dk.astype(keys.k.dtype), db
 
 
 # ----------------------------------------------------------------------------------------
-# Blockwise (keys already gathered).
+# Blockwise (keys held by every device).
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def blockwise_lse(q, k, q_ids, k_ids, k_valid, block, axis_name=None):
-  """Streaming all-pairs LSE: q [n, d], k [N, d] -> [n], memory O(n * block)."""
-  carry = _stream_stats(q, q_ids, k, k_ids, k_valid, block, _init_stats(q), axis_name)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def stream_lse(q, q_ids, k, k_ids, k_valid, bias, block, axis_name=None, skip_empty=False):
+  """Streaming LSE: q [n, d], keys [N, d] (+ bias [N] or None) -> [n], memory O(n * block).
+
+  Args:
+    q: [n, d] queries (already scaled by 1 / tau).
+    q_ids: [n] int; key j is left out for query i when k_ids[j] == q_ids[i].
+    k: [N, d] keys (same dtype as q); k_ids: [N] int; k_valid: [N] bool.
+    bias: [N] float added to every score of key j, or None.
+    block: static key-block size.
+    axis_name: the data axis when called inside shard_map (None otherwise).
+    skip_empty: skip key blocks without a valid key (cheap for sparse class tables).
+
+  Returns:
+    [n] log-sum-exp in >= float32; -inf where no key is valid for the query.
+  """
+  keys = Keys(k, k_ids, k_valid, bias)
+  carry = _stream_stats(q, q_ids, keys, block, _init_stats(q), axis_name, skip_empty)
   return _finish_stats(carry)
 
 
-def _blockwise_fwd(q, k, q_ids, k_ids, k_valid, block, axis_name):
-  lse = blockwise_lse(q, k, q_ids, k_ids, k_valid, block, axis_name)
-  return lse, (q, k, q_ids, k_ids, k_valid, lse)
+def _stream_fwd(q, q_ids, k, k_ids, k_valid, bias, block, axis_name, skip_empty):
+  lse = stream_lse(q, q_ids, k, k_ids, k_valid, bias, block, axis_name, skip_empty)
+  return lse, (q, q_ids, k, k_ids, k_valid, bias, lse)
 
 
-def _blockwise_bwd(block, axis_name, res, g):
-  q, k, q_ids, k_ids, k_valid, lse = res
-  dq, dk = _stream_grads(q, q_ids, lse, g, k, k_ids, k_valid, block, jnp.zeros_like(q),
-                         axis_name)
-  return dq, dk, None, None, None
+def _stream_bwd(block, axis_name, skip_empty, res, g):
+  q, q_ids, k, k_ids, k_valid, bias, lse = res
+  keys = Keys(k, k_ids, k_valid, bias)
+  dq0 = jnp.zeros(q.shape, compute_dtype(q.dtype))
+  dq, dk, dbias = _stream_grads(q, q_ids, lse, g, keys, block, dq0, axis_name, skip_empty)
+  dk, db = _cotangents(keys, dk, dbias)
+  return dq.astype(q.dtype), None, dk, None, None, db
 
 
-blockwise_lse.defvjp(_blockwise_fwd, _blockwise_bwd)
+stream_lse.defvjp(_stream_fwd, _stream_bwd)
 
 
 # ----------------------------------------------------------------------------------------
@@ -161,40 +240,53 @@ def _ring_perm(axis_name):
   return size, [(j, (j + 1) % size) for j in range(size)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def ring_lse(q, k, ids, valid, block, axis_name):
-  """All-pairs LSE with keys passed around the ring: q, k [n, d] local -> [n].
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def ring_lse(q, q_ids, k, k_ids, k_valid, bias, block, axis_name, skip_empty=False):
+  """`stream_lse` with the keys spread over the devices of `axis_name` and passed around.
 
-  Queries and keys are the same local rows (`ids` are their global row ids). At step s
-  each device holds the key block of device (r - s) mod D; after D steps every anchor has
-  seen every key. Memory per device: O(n * block + n * d), independent of D.
+  Every device holds its own [n_k, d] keys. At step s each device holds the keys of
+  device (r - s) mod D; after D steps every query has seen every key. The steps run in a
+  `lax.fori_loop`, so the program size does not depend on D. Memory per device:
+  O(n * block + n_k * d), independent of D.
   """
-  return _ring_fwd(q, k, ids, valid, block, axis_name)[0]
+  return _ring_fwd(q, q_ids, k, k_ids, k_valid, bias, block, axis_name, skip_empty)[0]
 
 
-def _ring_fwd(q, k, ids, valid, block, axis_name):
+def _ring_fwd(q, q_ids, k, k_ids, k_valid, bias, block, axis_name, skip_empty):
   size, perm = _ring_perm(axis_name)
-  carry = _init_stats(q)
-  kk, kk_ids, kk_valid = k, ids, valid
-  for step in range(size):
-    carry = _stream_stats(q, ids, kk, kk_ids, kk_valid, block, carry, axis_name)
-    if step + 1 < size:
-      kk, kk_ids, kk_valid = jax.lax.ppermute((kk, kk_ids, kk_valid), axis_name, perm)
+  keys = to_varying(Keys(k, k_ids, k_valid, bias), axis_name)
+  carry = _stream_stats(q, q_ids, keys, block, _init_stats(q), axis_name, skip_empty)
+
+  def body(_, state):
+    carry, kk = state
+    kk = jax.lax.ppermute(kk, axis_name, perm)
+    return _stream_stats(q, q_ids, kk, block, carry, axis_name, skip_empty), kk
+
+  carry, _ = jax.lax.fori_loop(1, size, body, (carry, keys))
   lse = _finish_stats(carry)
-  return lse, (q, k, ids, valid, lse)
+  return lse, (q, q_ids, k, k_ids, k_valid, bias, lse)
 
 
-def _ring_bwd(block, axis_name, res, g):
-  q, k, ids, valid, lse = res
+def _ring_bwd(block, axis_name, skip_empty, res, g):
+  q, q_ids, k, k_ids, k_valid, bias, lse = res
   size, perm = _ring_perm(axis_name)
-  dq = jnp.zeros_like(q)
-  kk, kk_ids, kk_valid, dk = k, ids, valid, to_varying(jnp.zeros_like(k), axis_name)
-  for _ in range(size):
-    dq, dk_step = _stream_grads(q, ids, lse, g, kk, kk_ids, kk_valid, block, dq, axis_name)
-    dk = dk + dk_step
+  keys = to_varying(Keys(k, k_ids, k_valid, bias), axis_name)
+  acc = compute_dtype(q.dtype)
+  dk0 = to_varying(jnp.zeros(k.shape, acc), axis_name)
+  db0 = to_varying(jnp.zeros(k.shape[:1], acc), axis_name)
+  dq0 = to_varying(jnp.zeros(q.shape, acc), axis_name)
+
+  def body(_, state):
+    dq, kk, dk, db = state
+    dq, dk_step, db_step = _stream_grads(q, q_ids, lse, g, kk, block, dq, axis_name,
+                                         skip_empty)
     # The key block and its gradient move on together; after `size` moves both are home.
-    kk, kk_ids, kk_valid, dk = jax.lax.ppermute((kk, kk_ids, kk_valid, dk), axis_name, perm)
-  return dq, dk, None, None
+    kk, dk, db = jax.lax.ppermute((kk, dk + dk_step, db + db_step), axis_name, perm)
+    return dq, kk, dk, db
+
+  dq, _, dk, db = jax.lax.fori_loop(0, size, body, (dq0, keys, dk0, db0))
+  dk, db = _cotangents(keys, dk, db)
+  return dq.astype(q.dtype), None, dk, None, None, db
 
 
 ring_lse.defvjp(_ring_fwd, _ring_bwd)
@@ -209,7 +301,7 @@ def all_pairs_lse(z: jax.Array, ids: jax.Array, valid: jax.Array, inv_tau, *,
   """LSE over the other valid rows of the global batch of z_i . z_j / tau.
 
   Args:
-    z: [n, d] local (normalised) rows, float32 or float64.
+    z: [n, d] local (normalised) rows in the matmul dtype (bfloat16, float32, float64).
     ids: [n] int global row ids (unique across devices).
     valid: [n] bool, rows that take part.
     inv_tau: 1 / temperature (scalar, may be traced).
@@ -218,14 +310,15 @@ def all_pairs_lse(z: jax.Array, ids: jax.Array, valid: jax.Array, inv_tau, *,
     axis_name: the data-parallel axis, or None on one device.
 
   Returns:
-    [n] log-sum-exp per local anchor; -inf where an anchor has no other valid row.
+    [n] log-sum-exp per local anchor (>= float32); -inf where an anchor has no other
+    valid row.
   """
-  q = z * inv_tau
+  q = (z.astype(compute_dtype(z.dtype)) * inv_tau).astype(z.dtype)
   if impl == "ring":
     block = block_size or auto_block_size(z.shape[0], z.shape[0])
-    return ring_lse(q, z, ids, valid, block, axis_name)
+    return ring_lse(q, ids, z, ids, valid, None, block, axis_name)
   k, k_ids, k_valid = _gather(z, axis_name), _gather(ids, axis_name), _gather(valid, axis_name)
   if impl == "dense":
     return dense_lse(q, k, ids, k_ids, k_valid)
   block = block_size or auto_block_size(z.shape[0], k.shape[0])
-  return blockwise_lse(q, k, ids, k_ids, k_valid, block, axis_name)
+  return stream_lse(q, ids, k, k_ids, k_valid, None, block, axis_name)

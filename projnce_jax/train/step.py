@@ -34,7 +34,8 @@ def method_loss(method: str, out: Dict[str, jax.Array], labels: jax.Array, mask:
       bandwidth, dispersion (supcon only: weight of `losses.dispersion_control` added to
       the loss).
     projection_params: params of the class-embedding MLP ("mlp" projections).
-    num_classes: M, for class-table projections.
+    num_classes: M (class slots of the class-level terms; class-table projections).
+      InfoNCE ignores it: its classes are the examples, whose views sit on one device.
     axis_name: mapped data axis or None.
 
   Returns:
@@ -54,8 +55,9 @@ def method_loss(method: str, out: Dict[str, jax.Array], labels: jax.Array, mask:
         block_size=kw.get("block_size"), mask=mask, log_ratio_clip=kw.get("log_ratio_clip"),
         bandwidth=kw.get("bandwidth", 1.0))
   if method == "supcon":
-    loss, aux = losses.supcon(z, labels, temperature=temperature, axis_name=axis_name,
-                              impl=impl, block_size=kw.get("block_size"), mask=mask)
+    loss, aux = losses.supcon(z, labels, temperature=temperature, num_classes=num_classes,
+                              axis_name=axis_name, impl=impl,
+                              block_size=kw.get("block_size"), mask=mask)
     if kw.get("dispersion", 0.0):  # control: SupCon + an explicit dispersion term
       term, daux = losses.dispersion_control(z, labels, temperature=temperature,
                                              num_classes=num_classes, mask=mask,

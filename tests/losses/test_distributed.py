@@ -117,3 +117,41 @@ def test_gradient_inside_shard_map_matches():
   single = jax.value_and_grad(lambda w_: pj.losses.supcon(z @ w_, y, mask=mask)[0])(w)
   np.testing.assert_allclose(float(sharded[0]), float(single[0]), atol=1e-9)
   np.testing.assert_allclose(np.asarray(sharded[1]), np.asarray(single[1]), atol=1e-9)
+
+
+# Without num_classes (slots = the batch's distinct labels, streamed in blocks of 3 slots,
+# empty blocks skipped) for every data-dependent pair, and InfoNCE's instance path.
+NO_NC_CASES = [("centroid", "sample", "blockwise"), ("centroid", "sample", "ring"),
+               ("median", "sample", "ring"), ("kernel", "sample", "blockwise"),
+               ("kernel", "median", "dense"), ("median", "centroid", "dense"),
+               ("centroid", "kernel", "dense")]
+
+
+@pytest.mark.parametrize("positive,negative,impl", NO_NC_CASES)
+def test_sharded_without_num_classes_equals_single_device(positive, negative, impl):
+  z, y, mask = _data(seed=4)
+  y = y * 7 + 3  # arbitrary label values: only their distinctness matters
+  kw = dict(positive=positive, negative=negative, temperature=0.3, beta=1.0)
+  single = _value_and_grads(z, y, mask, block_size=3, **kw)
+  with_nc = _value_and_grads(z, y - 3, mask, num_classes=29, **kw)
+  _assert_same(single, with_nc)
+  sharded = _value_and_grads(z, y, mask, mesh=_mesh(8), impl=impl, block_size=3, **kw)
+  _assert_same(sharded, single)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "ring"])
+def test_infonce_instance_path_equals_reference(impl):
+  from . import reference as ref
+  rng = np.random.default_rng(5)
+  zv = rng.standard_normal((16, 2, 8))
+  mask = np.ones(16, bool)
+  mask[[2, 11]] = False
+  fn = jax.shard_map(
+      lambda z, m: pj.losses.infonce(z, temperature=0.5, axis_name=AXIS, impl=impl,
+                                     block_size=1, mask=m)[0],
+      mesh=_mesh(8), in_specs=(P(AXIS), P(AXIS)), out_specs=P(), check_vma=True)
+  loss, grad = jax.jit(jax.value_and_grad(fn))(jnp.asarray(zv), jnp.asarray(mask))
+  np.testing.assert_allclose(float(loss), ref.nt_xent(zv[mask], 0.5), atol=1e-10)
+  single = jax.grad(lambda z: pj.losses.infonce(z[jnp.asarray(mask)], temperature=0.5)[0])(
+      jnp.asarray(zv))
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(single), atol=1e-9)

@@ -145,3 +145,26 @@ def test_augmentation_depends_only_on_key_and_example_index():
   np.testing.assert_allclose(full[8:], half, atol=1e-6)
   assert full.shape == (16, 8, 8, 1)
   assert not np.allclose(full[0], full[1])              # two different views
+
+
+@pytest.mark.parametrize("method", ["projnce", "supcon"])
+def test_method_loss_passes_the_dataset_num_classes(method, monkeypatch):
+  """The class-level terms get M class slots, not one slot per row of the batch."""
+  from projnce_jax import losses
+  from projnce_jax.train.step import method_loss
+  seen = {}
+  original = getattr(losses, method)
+
+  def spy(*args, **kwargs):
+    seen.update(kwargs)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(losses, method, spy)
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.standard_normal((16, 8)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, NUM_CLASSES, 16), jnp.int32)
+  loss, _ = method_loss(method, {"z": z}, labels, jnp.ones(16, bool), num_views=2,
+                        loss_kwargs={"temperature": 0.1}, num_classes=NUM_CLASSES)
+  assert seen["num_classes"] == NUM_CLASSES
+  expected, _ = original(z, labels, temperature=0.1)
+  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
