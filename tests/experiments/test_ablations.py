@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "experiments", "ablations", "run.py")
 
@@ -20,30 +22,64 @@ def _run(out_dir, *extra):
 
 
 def test_smallest_partial_then_resumed_to_complete(tmp_path):
-  # A budget of 3 cells: partial results, said so.
-  _, part = _run(tmp_path, "--max_cells", "3")
-  assert part["cells_planned"] == 8 and part["cells_done"] == 3 and part["cells_run_now"] == 3
+  # A budget of 2 cells: partial results, said so.
+  _, part = _run(tmp_path, "--max_cells", "2")
+  assert part["cells_planned"] == 4 and part["cells_done"] == 2 and part["cells_run_now"] == 2
   text = (tmp_path / "results.md").read_text()
-  assert "3 / 8 done" in text and "PARTIAL" in text
+  assert "2 / 4 done" in text and "PARTIAL" in text
 
   # The rest: the finished cells are reused from their cache, not trained again.
   stdout, full = _run(tmp_path)
-  assert stdout.count("reused") == 3 and full["cells_run_now"] == 5
-  assert full["cells_done"] == 8
+  assert stdout.count("reused") == 2 and full["cells_run_now"] == 2
+  assert full["cells_done"] == 4
   groups = {(c["group"], c["cell"]) for c in full["cells"]}
   assert groups == {("centroid", "beta0_tau0.1"), ("centroid", "beta1_tau0.1"),
                     ("kernel", "h0.5"), ("control", "beta1_tau0.1")}
   for c in full["cells"]:
     assert c["status"] == "ok" and 0.0 <= c["linear_probe_accuracy"] <= 1.0
     assert c["intra_z"] > 0.0 and c["heldout_mi_bound"] is not None
-  # Paired comparisons over both seeds, each with a 95% t-interval around its mean.
   kinds = {c["kind"] for c in full["comparisons"]}
   assert kinds == {"R_vs_supcon", "R_vs_control", "control_vs_supcon", "kernel"}
-  for comp in full["comparisons"]:
-    ci = comp["linear_probe_accuracy"]
-    assert ci["n"] == 2 and comp["linear_probe_accuracy"]["seeds"] == [0, 1]
-    assert ci["lo"] <= ci["mean"] <= ci["hi"]
+  for comp in full["comparisons"]:  # one seed: a difference, no interval
+    assert comp["linear_probe_accuracy"]["n"] == 1
+    assert comp["linear_probe_accuracy"]["lo"] is None
   text = (tmp_path / "results.md").read_text()
-  assert "8 / 8 done" in text and "PARTIAL" not in text
+  assert "4 / 4 done" in text and "PARTIAL" not in text
   assert "95% t-interval" in text and "## Verdict (computed)" in text
   assert (tmp_path / "ablations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _module():
+  sys.path.insert(0, os.path.dirname(SCRIPT))
+  try:
+    import run as ablations  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(os.path.dirname(SCRIPT))
+    sys.modules.pop("run", None)
+  return ablations
+
+
+def test_paired_t_interval_and_comparisons():
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  ab = _module()
+  d = [0.02, 0.03, 0.025]
+  ci = ab.t_interval(d)
+  half = stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / np.sqrt(3)
+  np.testing.assert_allclose([ci["lo"], ci["hi"]], [np.mean(d) - half, np.mean(d) + half])
+  assert ci["excludes_zero"] and not ab.t_interval([0.1, -0.1, 0.05])["excludes_zero"]
+  assert ab.t_interval([0.1])["lo"] is None
+
+  grid = ab.Grid(betas=(0.0, 1.0), temperatures=(0.1,), bandwidths=(0.5,))
+  assert len(ab.cells_for(grid)) == 4
+  acc = {("centroid", "beta0_tau0.1"): [0.90, 0.91, 0.92],
+         ("centroid", "beta1_tau0.1"): [0.93, 0.93, 0.95],
+         ("control", "beta1_tau0.1"): [0.90, 0.92, 0.91],
+         ("kernel", "h0.5"): [0.93, 0.94, 0.95]}
+  records = {k: {s: {"linear_probe_accuracy": v, "knn_accuracy": v, "intra_z": 0.1}
+                 for s, v in enumerate(vals)} for k, vals in acc.items()}
+  del records[("kernel", "h0.5")][2]  # a missing seed: pairs use the common seeds only
+  comps = {c["label"]: c for c in ab.comparisons(grid, records)}
+  r = comps["centroid beta=1 - beta=0, tau=0.1"]["linear_probe_accuracy"]
+  np.testing.assert_allclose(r["mean"], np.mean([0.03, 0.02, 0.03]))
+  k = comps["kernel h=0.5 - centroid (beta=1, tau=0.1)"]["linear_probe_accuracy"]
+  assert k["n"] == 2 and k["seeds"] == [0, 1]
