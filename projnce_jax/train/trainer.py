@@ -407,9 +407,16 @@ def _save(ckpt: Checkpointer, step: int, state, loader, writer: MetricWriter) ->
 def evaluate(exp: Experiment, state) -> Dict[str, Any]:
   """Frozen-feature linear probe and kNN on the eval split (`config.eval_split`).
 
+  The probe and kNN are fitted on the training labels the run trained with (noisy under
+  label noise). Under label noise they are also fitted on the clean training labels
+  ("..._clean_labels" keys), scored on the same eval labels; the eval features carry the
+  split's clean labels as "clean_label" (the held-out MI bound reads them).
+
   Returns:
     {"linear_probe_accuracy", "linear_probe_train_accuracy", "linear_probe_curve",
-     "knn_accuracy", "test_features" (dict of arrays for plots)}.
+     "knn_accuracy", "probe_train_labels" ("noisy" or "clean"), under label noise also
+     "linear_probe_accuracy_clean_labels" and "knn_accuracy_clean_labels", and
+     "test_features" (dict of arrays for plots and the MI bound)}.
   """
   config = exp.config
   feature_fn = eval_lib.make_feature_fn(exp.model, exp.eval_inputs)
@@ -420,18 +427,34 @@ def evaluate(exp: Experiment, state) -> Dict[str, Any]:
   test = eval_lib.extract_features(feature_fn, params, batch_stats,   # config.eval_split
                                    exp.eval_loader(exp.eval_source, exp.eval_label_fn),
                                    put=put)
-  lp = config.linear_probe
-  probe = eval_lib.linear_probe(
-      train["features"], train["label"], test["features"], test["label"],
-      num_classes=exp.num_classes, epochs=lp.epochs, batch_size=lp.batch_size, lr=lp.lr,
-      weight_decay=lp.weight_decay, seed=config.seed)
-  knn = eval_lib.knn_accuracy(train["features"], train["label"], test["features"],
-                              test["label"], num_classes=exp.num_classes, k=config.knn.k,
-                              temperature=config.knn.temperature)
-  return {"linear_probe_accuracy": probe["test_accuracy"],
-          "linear_probe_train_accuracy": probe["train_accuracy"],
-          "linear_probe_curve": probe["test_accuracy_curve"],
-          "knn_accuracy": knn, "test_features": test}
+  splits = exp.data.splits
+  noisy = splits.label_noise > 0
+  if noisy:  # clean labels by position in each split's source
+    train["clean_label"] = splits.clean_labels["train"][train["index"]]
+    test["clean_label"] = splits.clean_labels[config.eval_split][test["index"]]
+
+  def probe_and_knn(train_labels):
+    lp = config.linear_probe
+    probe = eval_lib.linear_probe(
+        train["features"], train_labels, test["features"], test["label"],
+        num_classes=exp.num_classes, epochs=lp.epochs, batch_size=lp.batch_size, lr=lp.lr,
+        weight_decay=lp.weight_decay, seed=config.seed)
+    knn = eval_lib.knn_accuracy(train["features"], train_labels, test["features"],
+                                test["label"], num_classes=exp.num_classes, k=config.knn.k,
+                                temperature=config.knn.temperature)
+    return probe, knn
+
+  probe, knn = probe_and_knn(train["label"])
+  out = {"linear_probe_accuracy": probe["test_accuracy"],
+         "linear_probe_train_accuracy": probe["train_accuracy"],
+         "linear_probe_curve": probe["test_accuracy_curve"],
+         "knn_accuracy": knn, "probe_train_labels": "noisy" if noisy else "clean",
+         "test_features": test}
+  if noisy:
+    clean_probe, clean_knn = probe_and_knn(train["clean_label"])
+    out["linear_probe_accuracy_clean_labels"] = clean_probe["test_accuracy"]
+    out["knn_accuracy_clean_labels"] = clean_knn
+  return out
 
 
 def method_label(config: ml_collections.ConfigDict) -> str:
@@ -482,6 +505,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       "num_devices": exp.num_devices,
       "linear_probe_accuracy": ev["linear_probe_accuracy"],
       "knn_accuracy": ev["knn_accuracy"],
+      "probe_train_labels": ev["probe_train_labels"],
+      **{k: ev[k] for k in ("linear_probe_accuracy_clean_labels",
+                            "knn_accuracy_clean_labels") if k in ev},
       "online_probe_accuracy": last.get("probe_accuracy"),
       "final_loss": last.get("loss"),
       "infonce_term": last.get("infonce_term"),

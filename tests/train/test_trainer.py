@@ -115,3 +115,24 @@ def test_non_finite_stops_with_step_and_last_good_checkpoint(tiny_config, tmp_pa
                      match=rf"{what}.* at step {step}; last good checkpoint: .*checkpoints/2$"):
     train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+def test_noisy_labels_also_probe_on_clean_labels(tiny_config, tmp_path):
+  config = tiny_config(num_steps=4, dataset={"label_noise": 0.6}, eval_split="validation")
+  exp = trainer.Experiment(config)
+  state = trainer.train(exp, str(tmp_path), desc="noisy")["state"]
+  ev = trainer.evaluate(exp, state)
+  splits = exp.data.splits
+  test = ev["test_features"]
+  # Eval rows are scored on the validation split's noisy labels and carry the clean ones.
+  np.testing.assert_array_equal(test["label"], splits.noisy_labels["validation"][test["index"]])
+  np.testing.assert_array_equal(test["clean_label"],
+                                splits.clean_labels["validation"][test["index"]])
+  assert np.mean(test["label"] != test["clean_label"]) > 0.3   # noise 0.6 flips many
+  assert ev["probe_train_labels"] == "noisy"
+  for key in ("linear_probe_accuracy_clean_labels", "knn_accuracy_clean_labels"):
+    assert 0.0 <= ev[key] <= 1.0, key
+
+  clean = trainer.evaluate(trainer.Experiment(tiny_config(num_steps=4)), state)
+  assert clean["probe_train_labels"] == "clean"
+  assert "linear_probe_accuracy_clean_labels" not in clean
