@@ -11,8 +11,8 @@ PYTHON="${PYTHON:-python}"
 if [[ " $* " == *" --small "* ]]; then
   export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 else
-  # Let XLA take most of the device memory up front is the default; keep it, but do not
-  # preallocate on GPU so peak_bytes_in_use reflects the loss, not the allocator.
+  # No up-front preallocation on GPU, so peak_bytes_in_use reflects the loss, not the
+  # allocator's reservation.
   export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

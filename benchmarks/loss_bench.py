@@ -907,7 +907,8 @@ def main(argv=None) -> int:
   if "fastpath" in parts:
     pairs = None
     for m in (memory or {}).get("rows", []):
-      if m.get("n") == args.fastpath_n and m.get("impl") == "blockwise" and "time_s" in m:
+      if (m.get("n") == args.fastpath_n and m.get("impl") == "blockwise" and
+          m.get("kind") == "supcon" and "time_s" in m):
         pairs = m
     fast = bench_fastpath(args.fastpath_n, pairs)
     sections["fastpath"] = ("Class-level fast path vs all pairs", fastpath_table(fast))

@@ -439,6 +439,11 @@ def infonce(z_views: jax.Array, *, temperature=0.1, axis_name: Optional[str] = N
             mask: Optional[jax.Array] = None):
   """InfoNCE / NT-Xent (SimCLR): SupCon with instance ids as labels.
 
+  Every example is its own class and its V views sit on the same device, so each
+  anchor's positive is a local row sum and the class-level term streams over the
+  example centroids (gathered for dense/blockwise, passed around the ring for 'ring'):
+  memory O(n * block + N * d), no all-reduce of an [examples, d] table.
+
   Args:
     z_views: [b, V, d] local examples with V >= 2 views each. Instance ids are made
       globally unique across devices (device offset + local index).
