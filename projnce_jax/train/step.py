@@ -46,7 +46,9 @@ def method_loss(method: str, out: Dict[str, jax.Array], labels: jax.Array, mask:
   impl = kw.pop("impl", "dense")
   if method == "cross_entropy":
     return losses.cross_entropy(out["logits"], labels, mask=mask, axis_name=axis_name)
-  z = out["z"].astype(jnp.float32)
+  # A bfloat16 head keeps its dtype: the losses run the similarity matmuls in it with
+  # float32 accumulation, and compute the log-sum-exp and the loss in float32.
+  z = out["z"]
   if method == "projnce":
     return losses.projnce(
         z, labels, temperature=temperature, positive=kw.get("positive", "centroid"),

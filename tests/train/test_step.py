@@ -168,3 +168,28 @@ def test_method_loss_passes_the_dataset_num_classes(method, monkeypatch):
   assert seen["num_classes"] == NUM_CLASSES
   expected, _ = original(z, labels, temperature=0.1)
   np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["projnce", "supcon", "infonce"])
+def test_method_loss_keeps_a_bfloat16_head_and_returns_float32(method, monkeypatch):
+  """A bf16 head reaches the loss as bf16 (bf16 matmuls); the loss itself is float32."""
+  from projnce_jax import losses
+  from projnce_jax.train.step import method_loss
+  seen = {}
+  original = getattr(losses, method)
+
+  def spy(z, *args, **kwargs):
+    seen["dtype"] = z.dtype
+    return original(z, *args, **kwargs)
+
+  monkeypatch.setattr(losses, method, spy)
+  rng = np.random.default_rng(1)
+  z32 = jnp.asarray(rng.standard_normal((16, 8)), jnp.float32)
+  labels = jnp.asarray(np.repeat(rng.integers(0, NUM_CLASSES, 8), 2), jnp.int32)
+  kwargs = dict(num_views=2, loss_kwargs={"temperature": 0.1}, num_classes=NUM_CLASSES)
+  loss16, _ = method_loss(method, {"z": z32.astype(jnp.bfloat16)}, labels,
+                          jnp.ones(16, bool), **kwargs)
+  assert seen["dtype"] == jnp.bfloat16
+  assert loss16.dtype == jnp.float32
+  loss32, _ = method_loss(method, {"z": z32}, labels, jnp.ones(16, bool), **kwargs)
+  np.testing.assert_allclose(float(loss16), float(loss32), rtol=2e-2)
