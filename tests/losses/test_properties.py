@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import projnce_jax as pj
 
-SETTINGS = settings(max_examples=10, deadline=None,
+SETTINGS = settings(max_examples=6, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
