@@ -1,24 +1,19 @@
 """End-to-end check of experiments/ablations/run.py in its --smallest setting."""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
+
+from tests.experiments import run_smallest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "experiments", "ablations", "run.py")
 
 
 def _run(out_dir, *extra):
-  # One CPU device, as the experiment runs outside the test suite.
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
-  proc = subprocess.run([sys.executable, SCRIPT, "--smallest", "--out", str(out_dir), *extra],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc.stdout, json.loads((out_dir / "results.json").read_text())
+  stdout = run_smallest(SCRIPT, out_dir, *extra, timeout=900)
+  return stdout, json.loads((out_dir / "results.json").read_text())
 
 
 def test_smallest_partial_then_resumed_to_complete(tmp_path):

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tests.experiments import run_smallest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "experiments", "paper_comparison", "run.py")
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -20,15 +22,7 @@ pc = _sweep.load_module(SCRIPT, "paper_comparison_run")
 
 
 def _run(out_dir, *extra):
-  # One CPU device, as the experiment runs outside the test suite (whose conftest asks XLA
-  # for 8 fake devices).
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
-  proc = subprocess.run([sys.executable, SCRIPT, "--smallest", "--out", str(out_dir), *extra],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc.stdout
+  return run_smallest(SCRIPT, out_dir, *extra)
 
 
 @pytest.fixture(scope="module")
