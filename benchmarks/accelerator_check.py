@@ -31,16 +31,8 @@ import traceback
 import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _timed(fn, repeats):
-  fn()  # compile + warm-up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+sys.path.insert(0, HERE)
+from loss_bench import median_time  # noqa: E402  (the same median-of-repeats timer)
 
 
 def _peak_bytes(device):
@@ -59,7 +51,7 @@ def matmul_rate(n, d, repeats):
                             preferred_element_type=jnp.float32).astype(jnp.bfloat16)
     return s @ z + s.T @ z  # [N, N] x [N, d], twice
 
-  t = _timed(lambda: jax.block_until_ready(f(z)), repeats)
+  t = median_time(lambda: jax.block_until_ready(f(z)), repeats)
   return {"n": n, "d": d, "time_s": t, "flops": 3 * 2 * n * n * d / t}
 
 
@@ -84,7 +76,7 @@ def loss_case(path, n, d, num_classes, repeats, rate):
   f = jax.jit(jax.value_and_grad(loss))
   out = {"path": path, "n": n}
   try:
-    t = _timed(lambda: jax.block_until_ready(f(z)), repeats)
+    t = median_time(lambda: jax.block_until_ready(f(z)), repeats)
     out["time_s"] = t
     if path != "classpath" and rate:
       out["fraction_of_matmul_rate"] = 3 * 2 * n * n * d / t / rate
