@@ -7,7 +7,12 @@ vectors as keys and a per-key bias. One contract covers both:
 
   lse[i] = log sum_{j : valid_j and id_j != qid_i} exp(q_i . k_j + bias_j)
 
-- dense: one [n, N] score block (keys all-gathered across devices); all-pairs only.
+- one device, all pairs (`self_stream_lse`, for both `dense` and `blockwise`): the rows
+  are their own keys, so the score matrix is symmetric; the backward pass forms
+  W + W^T elementwise and needs one product per key block instead of two. Three
+  N x N x d products for forward + backward (autodiff of the dense block needs three,
+  the general stream four), in cache-sized [n, block] tiles, never an [n, N] buffer.
+- dense, across devices: one [n, N] score block against the all-gathered keys.
 - blockwise (`stream_lse`): a streaming log-sum-exp over key blocks; a custom VJP
   recomputes the block scores in the backward pass, so memory is O(n * block), never
   O(n * N). Blocks without a valid key are skipped (`skip_empty`), so a table of K class
@@ -33,19 +38,23 @@ IMPLS = ("dense", "blockwise", "ring")
 
 # Score-block budget for the automatic block size: n * block <= 2**22 entries (16 MiB f32).
 _BLOCK_BUDGET = 1 << 22
+# One device, rows against themselves: score tiles of n * block <= 2**20 entries (4 MiB f32)
+# stay in a CPU's last-level cache with room for z; measured fastest at N = 1k-4k.
+_SELF_BLOCK_BUDGET = 1 << 20
 _MIN_BLOCK = 128
 
 
-def auto_block_size(num_queries: int, num_keys: int) -> int:
+def auto_block_size(num_queries: int, num_keys: int, budget: int = _BLOCK_BUDGET) -> int:
   """The key-block size used when `block_size=None`: a power of two with
-  `num_queries * block <= 2**22`, at least 128 and at most `num_keys`.
+  `num_queries * block <= budget` (2**22 entries unless given), at least 128 and at most
+  `num_keys`.
 
   Example:
     >>> auto_block_size(16384, 16384)
     256
   """
   block = _MIN_BLOCK
-  while block * 2 * max(num_queries, 1) <= _BLOCK_BUDGET and block < num_keys:
+  while block * 2 * max(num_queries, 1) <= budget and block < num_keys:
     block *= 2
   return max(1, min(block, num_keys))
 
@@ -232,6 +241,92 @@ stream_lse.defvjp(_stream_fwd, _stream_bwd)
 
 
 # ----------------------------------------------------------------------------------------
+# Blockwise self-similarity on one device: the symmetric backward, streamed.
+
+
+def _self_tile(z, ids, valid, kb: Keys, inv_tau):
+  """Raw scores inv_tau * z . k^T of one key block [n, B] (>= float32) and its mask."""
+  s = dot_nt(z, kb.k) * inv_tau  # [n, d] x [d, B] -> [n, B]
+  differ = kb.ids[None, :] != ids[:, None]
+  return s, kb.valid[None, :] & differ, valid[:, None] & differ
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def self_stream_lse(z, ids, valid, inv_tau, block):
+  """LSE_{j valid, ids_j != ids_i} inv_tau * z_i . z_j for the rows of one device -> [n].
+
+  The scores S = inv_tau * z z^T are symmetric, which this kernel uses. The forward pass
+  folds key blocks into a running (max, sum-exp). The backward pass recomputes each
+  [n, block] score tile and adds (W + W^T)[:, block] z[block] to inv_tau^-1 dz, where
+  W_ij = g_i softmax_i(S)_j; since S_ji = S_ij, (W^T)_ij = g_j exp(S_ij - lse_j), so each
+  entry of W + W^T is a sum of two exact softmax weights, formed elementwise (no
+  transpose, no shared shift that could overflow). Three N x N x d products in all (one
+  forward, two backward) where autodiff of `dense_lse(q, z)` needs three and the general
+  `stream_lse` four, and no [n, N] buffer: memory O(n * block).
+
+  Args:
+    z: [n, d] rows (matmul dtype, e.g. bfloat16; accumulation in >= float32).
+    ids: [n] int row ids; row j is left out for anchor i when ids_j == ids_i.
+    valid: [n] bool, rows that take part as keys.
+    inv_tau: scalar 1 / temperature (may be traced; its gradient is returned).
+    block: static key-block size.
+
+  Returns:
+    [n] log-sum-exp in >= float32; -inf where an anchor has no valid key.
+  """
+  return _self_stream_fwd(z, ids, valid, inv_tau, block)[0]
+
+
+def _self_stream_fwd(z, ids, valid, inv_tau, block):
+  acc = compute_dtype(z.dtype)
+  t = jnp.asarray(inv_tau, acc)
+  blocks = _split_blocks(Keys(z, ids, valid), block)
+
+  def step(carry, kb):
+    m, l = carry
+    s, mask, _ = _self_tile(z, ids, valid, kb, t)
+    s = jnp.where(mask, s, -jnp.inf)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    l = l * jnp.exp(m - shift) + jnp.sum(jnp.exp(s - shift[:, None]), axis=1)
+    return (m_new, l), None
+
+  (m, l), _ = jax.lax.scan(step, _init_stats(z), blocks)
+  shift = jnp.where(jnp.isfinite(m), m, 0.0)
+  lse = jnp.where(l > 0, jnp.log(jnp.where(l > 0, l, 1.0)) + shift, -jnp.inf)
+  return lse, (z, ids, valid, shift, l, inv_tau)
+
+
+def _self_stream_bwd(block, res, g):
+  z, ids, valid, shift, l, inv_tau = res
+  acc = shift.dtype
+  t = jnp.asarray(inv_tau, acc)
+  u = jnp.where(l > 0, g.astype(acc) / jnp.where(l > 0, l, 1.0), 0.0)  # g_i / l_i
+  blocks = _split_blocks(Keys(z, ids, valid), block)
+  # Each key block also carries its rows' u and shift (padding: 0, masked anyway).
+  u_blocks = _split_blocks(Keys(u[:, None], ids, valid), block).k[..., 0]
+  shift_blocks = _split_blocks(Keys(shift[:, None], ids, valid), block).k[..., 0]
+  zero = jnp.zeros((), acc)
+
+  def step(wz, xs):
+    kb, u_k, shift_k = xs
+    s, mask, mask_t = _self_tile(z, ids, valid, kb, t)
+    # (W + W^T)_ij = g_i p_ij + g_j p_ji, with p_ji = exp(S_ij - shift_j) / l_j.
+    w = (jnp.where(mask, u[:, None] * jnp.exp(s - shift[:, None]), zero)
+         + jnp.where(mask_t, u_k[None, :] * jnp.exp(s - shift_k[None, :]), zero))
+    return wz + dot_nn(w, kb.k).astype(acc), None  # [n, B] x [B, d] -> [n, d]
+
+  wz, _ = jax.lax.scan(step, jnp.zeros(z.shape, acc), (blocks, u_blocks, shift_blocks))
+  dz = (wz * t).astype(z.dtype)
+  d_inv_tau = 0.5 * jnp.sum(z.astype(acc) * wz)  # sum_ij W_ij z_i . z_j
+  d_inv_tau = jnp.asarray(d_inv_tau, jnp.result_type(inv_tau)).reshape(jnp.shape(inv_tau))
+  return dz, None, None, d_inv_tau
+
+
+self_stream_lse.defvjp(_self_stream_fwd, _self_stream_bwd)
+
+
+# ----------------------------------------------------------------------------------------
 # Ring (keys travel between devices).
 
 
@@ -313,6 +408,9 @@ def all_pairs_lse(z: jax.Array, ids: jax.Array, valid: jax.Array, inv_tau, *,
     [n] log-sum-exp per local anchor (>= float32); -inf where an anchor has no other
     valid row.
   """
+  if axis_name is None and impl in ("dense", "blockwise"):
+    block = block_size or auto_block_size(z.shape[0], z.shape[0], _SELF_BLOCK_BUDGET)
+    return self_stream_lse(z, ids, valid, inv_tau, block)
   q = (z.astype(compute_dtype(z.dtype)) * inv_tau).astype(z.dtype)
   if impl == "ring":
     block = block_size or auto_block_size(z.shape[0], z.shape[0])
