@@ -355,16 +355,28 @@ def _score(record: Optional[Dict[str, Any]]) -> float:
 
 
 def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
-                 planned: List[str]) -> Dict[str, Any]:
+                 planned: List[str], methods: Optional[Sequence[str]] = None,
+                 noises: Optional[Sequence[float]] = None) -> Dict[str, Any]:
   """Stage 1 for one dataset; returns its entry of tuned.json ("complete" says if done).
+
+  Each method's steps (learning rate or temperature, then beta, then bandwidth) depend only
+  on its own cells, so methods are tuned one after the other and `by_noise[noise]` holds a
+  method only once all its steps are done: a value there is final. The length is chosen
+  (`num_epochs`) once the length methods are final at the highest tuning noise and all
+  lengths are scored, whatever the other methods' state.
 
   Args:
     cache: the cell cache.
     setting: grids.
     dataset: dataset name.
     planned: the keys of every cell this stage needs are appended (for done/planned).
+    methods: tune only these (default: all of the dataset's); "complete" then refers to
+      them.
+    noises: tune only at these of `setting.tune_noises` (default: all).
   """
-  methods = setting.methods_by_dataset[dataset]
+  methods = [m for m in setting.methods_by_dataset[dataset]
+             if methods is None or m in methods]
+  tune_noises = [n for n in setting.tune_noises if noises is None or n in noises]
   base_lr = dataset_base_lr(setting, dataset)
   entry: Dict[str, Any] = {"complete": False, "by_noise": {}, "scores": {}}
 
@@ -386,43 +398,49 @@ def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
     scores = [_score(r) for _, r in recs]  # raises Incomplete before choosing
     return recs[int(np.argmax(scores))][0]
 
+  def tune_method(m, noise):
+    if m == "cross_entropy":
+      hp = best(m, noise, [{"lr_factor": f} for f in setting.lr_factors])
+    else:
+      hp = best(m, noise, [{"temperature": t} for t in setting.temperatures])
+    if m.startswith("projnce_"):
+      hp = best(m, noise, [dict(hp, beta=b) for b in setting.betas])
+    if m == "projnce_kernel":
+      hp = best(m, noise, [dict(hp, bandwidth=w) for w in setting.bandwidths])
+    return hp
+
   incomplete = False
-  for noise in setting.tune_noises:
+  for noise in tune_noises:
     chosen: Dict[str, Dict[str, float]] = {}
-    try:
-      for m in methods:
-        if m == "cross_entropy":
-          chosen[m] = best(m, noise, [{"lr_factor": f} for f in setting.lr_factors])
-        else:
-          chosen[m] = best(m, noise, [{"temperature": t} for t in setting.temperatures])
-      for m in methods:
-        if m.startswith("projnce_"):
-          chosen[m] = best(m, noise, [dict(chosen[m], beta=b) for b in setting.betas])
-      if "projnce_kernel" in methods:
-        chosen["projnce_kernel"] = best("projnce_kernel", noise, [
-            dict(chosen["projnce_kernel"], bandwidth=w) for w in setting.bandwidths])
-    except Incomplete:
-      incomplete = True
+    for m in methods:
+      try:
+        chosen[m] = tune_method(m, noise)
+      except Incomplete:
+        incomplete = True
     entry["by_noise"][f"{noise:g}"] = chosen
 
   # Training length at the highest tuning noise, with the values chosen there.
   noise = max(setting.tune_noises)
-  chosen = entry["by_noise"][f"{noise:g}"]
-  length_methods = [m for m in setting.length_methods if m in methods]
+  chosen = entry["by_noise"].get(f"{noise:g}", {})
+  length_methods = [m for m in setting.length_methods
+                    if m in setting.methods_by_dataset[dataset]]
   lengths = {}
-  for epochs in setting.epoch_choices:
-    try:
-      if any(m not in chosen for m in length_methods):
-        raise Incomplete()
-      lengths[epochs] = float(np.mean([_score(cell(m, chosen[m], noise, epochs))
-                                       for m in length_methods]))
-    except Incomplete:
-      incomplete = True
+  if noise in tune_noises:
+    for epochs in setting.epoch_choices:
+      try:
+        if any(m not in chosen for m in length_methods):
+          raise Incomplete()
+        lengths[epochs] = float(np.mean([_score(cell(m, chosen[m], noise, epochs))
+                                         for m in length_methods]))
+      except Incomplete:
+        incomplete = True
   entry["length_scores"] = {str(k): v for k, v in lengths.items()}
-  if not incomplete and lengths:
+  if len(lengths) == len(setting.epoch_choices):
     top = max(lengths.values())
     entry["num_epochs"] = min(e for e, v in lengths.items()
                               if v >= top - setting.length_tolerance)
+  else:
+    incomplete = True
   entry["complete"] = not incomplete
   return entry
 
@@ -441,7 +459,7 @@ def stage2_hp(tuned: Dict[str, Any], dataset: str, method: str, noise: float
   """
   entry = tuned.get(dataset, {})
   by_noise = entry.get("by_noise", {})
-  if not entry.get("complete") or not by_noise:
+  if not by_noise:
     return {}, False
   near = min(by_noise, key=lambda n: abs(float(n) - noise))
   hp = by_noise[near].get(method)
@@ -457,21 +475,28 @@ def stage2_grid(setting: Setting, datasets: Sequence[str]):
 
 
 def run_stage2(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str],
-               tuned: Dict[str, Any], planned: List[str], allow_untuned: bool = False
-               ) -> List[Dict[str, Any]]:
+               tuned: Dict[str, Any], planned: List[str], allow_untuned: bool = False,
+               noises: Optional[Sequence[float]] = None,
+               methods: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
   """Stage-2 cells (finished ones only) as flat records with their grid coordinates.
 
-  A dataset's cells wait until its stage 1 is complete; with `allow_untuned`, a dataset
-  whose stage 1 cannot run (or has not started) uses the default hyperparameters.
+  A cell waits until its values are final: its method's stage-1 values at the nearest
+  tuning noise and the dataset's length (or the whole of stage 1, for a method stage 1
+  does not tune). With `allow_untuned`, a dataset whose stage 1 cannot run (or has not
+  started) uses the default hyperparameters. `noises` / `methods` restrict the grid.
   """
   cells = []
   for ds, noise, m, seed in stage2_grid(setting, datasets):
+    if (noises is not None and noise not in noises) or (
+        methods is not None and m not in methods):
+      continue
     hp, was_tuned = stage2_hp(tuned, ds, m, noise)
-    epochs = tuned.get(ds, {}).get("num_epochs") or setting.num_epochs
+    entry = tuned.get(ds, {})
+    epochs = entry.get("num_epochs") or setting.num_epochs
     key = f"stage2/{ds}/noise{noise:g}/{m}/seed{seed}"
     planned.append(key)
-    entry = tuned.get(ds, {})
-    if not entry.get("complete") and ("by_noise" in entry or not allow_untuned):
+    final = entry.get("complete") or (was_tuned and "num_epochs" in entry)
+    if not final and ("by_noise" in entry or not allow_untuned):
       continue  # stage 1 is under way (its values would change this config) or not run
     config = build_config(setting, ds, hp_overrides(m, hp, dataset_base_lr(setting, ds)),
                           noise, seed, num_epochs=epochs)
@@ -482,6 +507,23 @@ def run_stage2(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str
                       hyperparameters=hp, tuned=was_tuned,
                       num_epochs=None if setting.num_steps else epochs))
   return cells
+
+
+def primary_first(cache: _sweep.CellCache, setting: Setting) -> List[Dict[str, Any]]:
+  """The cells of the preregistered endpoint before any other: a partial sitting answers it.
+
+  Tunes the primary methods (and the length methods) at the highest tuning noise, chooses
+  the length, then trains their stage-2 cells at PRIMARY_NOISE. Every cell is one the full
+  passes need too (same keys and configs), so those read them from the cache.
+  """
+  primary = tuple(dict.fromkeys((PRIMARY_TARGET,) + PRIMARY_REFERENCES
+                                + tuple(setting.length_methods)))
+  print(f"primary endpoint first: {PRIMARY_DATASET}, noise {PRIMARY_NOISE:g}, "
+        f"{list(primary)}", flush=True)
+  entry = tune_dataset(cache, setting, PRIMARY_DATASET, [], methods=primary,
+                       noises=(max(setting.tune_noises),))
+  return run_stage2(cache, setting, [PRIMARY_DATASET], {PRIMARY_DATASET: entry}, [],
+                    noises=(PRIMARY_NOISE,), methods=primary)
 
 
 # ----------------------------------------------------------------------------------------
@@ -847,6 +889,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       tuned = json.load(f)
   skipped: Dict[str, str] = {}
   planned1: List[str] = []
+  if (stages == (1, 2) and PRIMARY_DATASET in datasets
+      and dataset_skip_reason(PRIMARY_DATASET, 1) is None
+      and dataset_skip_reason(PRIMARY_DATASET, 2) is None):
+    primary_first(cache, setting)
   for ds in datasets:
     why = dataset_skip_reason(ds, 1)
     if 1 in stages and why is None:

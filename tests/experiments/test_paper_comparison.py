@@ -261,3 +261,38 @@ def test_stage2_waits_for_stage1(monkeypatch):
   for c in supcon:  # the tuned value reaches the cell's config
     assert json.loads(cache.configs[c["key"]].overrides)["loss"] == {"temperature": 0.2}
   assert not any(c["tuned"] for c in cells if c["method"] != "supcon")
+
+
+def test_primary_endpoint_cells_come_first(monkeypatch):
+  """A sitting starts with the primary endpoint: its methods' tuning at the highest noise,
+  the length, then its paired stage-2 cells, before any other method's cell."""
+
+  def fake_config(setting, dataset, overrides, noise, seed, *, eval_split=None,
+                  num_epochs=None):
+    if eval_split == "validation":
+      return _fake_config(setting, dataset, overrides, noise, seed,
+                          eval_split=eval_split, num_epochs=num_epochs)
+    return ml_collections.ConfigDict({"overrides": json.dumps(overrides, sort_keys=True),
+                                      "seed": seed, "epochs": num_epochs})
+
+  monkeypatch.setattr(pc, "build_config", fake_config)
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  cache = _FakeCache(lambda c: _score(c) if "temperature" in c else 0.5)
+  cells = pc.primary_first(cache, pc.FULL)
+  primary = {pc.PRIMARY_TARGET, *pc.PRIMARY_REFERENCES}
+  assert {c["method"] for c in cells} == primary
+  assert all(c["noise"] == pc.PRIMARY_NOISE and c["tuned"] for c in cells)
+  assert sorted(c["seed"] for c in cells) == sorted(list(pc.FULL.seeds) * len(primary))
+  stage1 = [k for k in cache.keys if k.startswith("stage1/")]
+  assert stage1 and all(k.startswith("stage1/mnist5k/noise0.4/") for k in stage1)
+  def method(config):
+    return config.method + (f"_{config.positive}" if config.method == "projnce" else "")
+  assert {method(cache.configs[k]) for k in stage1} == primary
+  # Every stage-1 cell precedes every stage-2 cell; the length was chosen on the way.
+  last1 = max(i for i, k in enumerate(cache.keys) if k.startswith("stage1/"))
+  first2 = min(i for i, k in enumerate(cache.keys) if k.startswith("stage2/"))
+  assert last1 < first2
+  assert all(c["num_epochs"] == 20 for c in cells)
+  # The centroid cells get its tuned temperature and beta.
+  centroid = [c for c in cells if c["method"] == pc.PRIMARY_TARGET]
+  assert all(c["hyperparameters"] == {"temperature": 0.2, "beta": 2.0} for c in centroid)
