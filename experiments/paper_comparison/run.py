@@ -773,12 +773,15 @@ def write_markdown(path: str, result: Optional[Dict[str, Any]], *, command: str,
         f"cells/; wall time {result['wall_seconds']:.0f} s; mean trained-cell time "
         + (f"{result['mean_cell_seconds']:.1f} s" if result["mean_cell_seconds"] else "-")
         + "). The plan counts only the steps reachable so far: stage-1 steps after an "
-        "unfinished one are planned once it is done. Stage-2 cells of a dataset wait "
-        "until its stage 1 is complete (unless --allow_untuned).", ""]
+        "unfinished one are planned once it is done. A stage-2 cell waits until its "
+        "method's stage-1 values and the dataset's length are final (unless "
+        "--allow_untuned). Each cell's record in cells/ keeps the load average at its "
+        "start and its wall time.", ""]
     for ds, why in result["skipped"].items():
       lines.append(f"- {ds}: skipped ({why}).")
     for ds in result["waiting_for_stage1"]:
-      lines.append(f"- {ds}: stage 2 waits for a complete stage 1 (or --allow_untuned).")
+      lines.append(f"- {ds}: stage 1 is not complete; stage-2 cells of the methods it has "
+                   "not tuned yet wait (or --allow_untuned).")
     if result["skipped"] or result["waiting_for_stage1"]:
       lines.append("")
     lines += [
