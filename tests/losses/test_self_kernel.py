@@ -50,8 +50,8 @@ def test_value_and_gradients_equal_dense_autodiff(x64, block, repeated_ids, no_k
   inv_tau = jnp.float64(4.0)
   g = jnp.asarray(np.random.RandomState(1).randn(n))
 
-  ref = _reference(z, ids, valid, inv_tau)
-  got = sample_lib.self_stream_lse(z, ids, valid, inv_tau, block)
+  ref = jax.jit(_reference)(z, ids, valid, inv_tau)
+  got = jax.jit(sample_lib.self_stream_lse, static_argnums=4)(z, ids, valid, inv_tau, block)
   np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref))
   assert np.isfinite(ref).sum() > 0
   fin = np.isfinite(ref)
@@ -59,7 +59,7 @@ def test_value_and_gradients_equal_dense_autodiff(x64, block, repeated_ids, no_k
 
   ref_fn = _weighted(lambda z_, t: _reference(z_, ids, valid, t), g)
   got_fn = _weighted(lambda z_, t: sample_lib.self_stream_lse(z_, ids, valid, t, block), g)
-  (rz, rt), (gz, gt) = (jax.grad(f, (0, 1))(z, inv_tau) for f in (ref_fn, got_fn))
+  (rz, rt), (gz, gt) = (jax.jit(jax.grad(f, (0, 1)))(z, inv_tau) for f in (ref_fn, got_fn))
   assert np.all(np.isfinite(gz)) and np.isfinite(gt)
   np.testing.assert_allclose(gz, rz, rtol=1e-10, atol=1e-12)
   np.testing.assert_allclose(gt, rt, rtol=1e-10)
@@ -67,9 +67,9 @@ def test_value_and_gradients_equal_dense_autodiff(x64, block, repeated_ids, no_k
 
 def test_check_grads(x64):
   z, ids, valid = _case(24, 5, 3, repeated_ids=True, no_key_rows=False)
-  check_grads(lambda z_: sample_lib.self_stream_lse(z_, ids, valid, jnp.float64(3.0), 8),
+  check_grads(jax.jit(lambda z_: sample_lib.self_stream_lse(z_, ids, valid, 3.0, 8)),
               (z,), order=1, modes=("rev",))
-  check_grads(lambda t: sample_lib.self_stream_lse(z, ids, valid, t, 8),
+  check_grads(jax.jit(lambda t: sample_lib.self_stream_lse(z, ids, valid, t, 8)),
               (jnp.float64(3.0),), order=1, modes=("rev",))
 
 
@@ -93,8 +93,11 @@ def test_learnable_temperature_through_supcon(x64):
 
   t = jnp.float64(0.2)
   for impl in ("dense", "blockwise"):
-    np.testing.assert_allclose(loss(t, impl), ref(t), rtol=1e-12)
-    np.testing.assert_allclose(jax.grad(loss)(t, impl), jax.grad(ref)(t), rtol=1e-10)
+    value_and_grad = jax.jit(jax.value_and_grad(lambda t_: loss(t_, impl)))
+    ref_value, ref_grad = jax.jit(jax.value_and_grad(ref))(t)
+    value, grad = value_and_grad(t)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-10)
 
 
 def _dot_count(fn, *args) -> int:
@@ -132,9 +135,10 @@ def test_bfloat16_close_to_float32():
   ids = jnp.arange(300)
   valid = jnp.ones((300,), bool)
   t = jnp.float32(10.0)
-  f = lambda z_: jnp.sum(sample_lib.self_stream_lse(z_, ids, valid, t, 128))  # noqa: E731
-  v32, g32 = jax.value_and_grad(f)(z)
-  v16, g16 = jax.value_and_grad(f)(z.astype(jnp.bfloat16))
+  f = jax.jit(jax.value_and_grad(
+      lambda z_: jnp.sum(sample_lib.self_stream_lse(z_, ids, valid, t, 128))))
+  v32, g32 = f(z)
+  v16, g16 = f(z.astype(jnp.bfloat16))
   assert g16.dtype == jnp.bfloat16
   assert abs(float(v16) - float(v32)) / abs(float(v32)) < 1e-2
   rel = float(jnp.linalg.norm(g16.astype(jnp.float32) - g32) / jnp.linalg.norm(g32))
