@@ -100,19 +100,28 @@ class Keys(NamedTuple):
   bias: Optional[jax.Array] = None
 
 
+def _split(x: jax.Array, block: int, fill) -> jax.Array:
+  """Pads the leading axis of `x` with `fill` to a multiple of `block`: [num_blocks, block, ...]."""
+  num_blocks = -(-x.shape[0] // block)
+  widths = ((0, num_blocks * block - x.shape[0]),) + ((0, 0),) * (x.ndim - 1)
+  x = jnp.pad(x, widths, constant_values=fill)
+  return x.reshape((num_blocks, block) + x.shape[1:])
+
+
 def _split_blocks(keys: Keys, block: int) -> Keys:
   """Pads the keys to a multiple of `block` and reshapes to [num_blocks, block, ...]."""
-  num, dim = keys.k.shape
-  num_blocks = -(-num // block)
-  pad = num_blocks * block - num
+  bias = None if keys.bias is None else _split(keys.bias, block, 0)
+  return Keys(_split(keys.k, block, 0), _split(keys.ids, block, -1),
+              _split(keys.valid, block, False), bias)
 
-  def split(x, fill):
-    widths = ((0, pad),) + ((0, 0),) * (x.ndim - 1)
-    x = jnp.pad(x, widths, constant_values=fill)
-    return x.reshape((num_blocks, block) + x.shape[1:])
 
-  bias = None if keys.bias is None else split(keys.bias, 0)
-  return Keys(split(keys.k, 0), split(keys.ids, -1), split(keys.valid, False), bias)
+def _fold_scores(carry, s):
+  """One online log-sum-exp step: folds masked scores s [n, B] into (max, sum-exp)."""
+  m, l = carry
+  m_new = jnp.maximum(m, jnp.max(s, axis=1))
+  shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+  l = l * jnp.exp(m - shift) + jnp.sum(jnp.exp(s - shift[:, None]), axis=1)
+  return m_new, l
 
 
 def _masked_scores(q, q_ids, kb: Keys):
@@ -137,12 +146,7 @@ def _stream_stats(q, q_ids, keys: Keys, block, carry, axis_name, skip_empty):
 
   def step(carry, kb):
     def update(carry):
-      m, l = carry
-      s = _masked_scores(q, q_ids, kb)
-      m_new = jnp.maximum(m, jnp.max(s, axis=1))
-      shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-      l = l * jnp.exp(m - shift) + jnp.sum(jnp.exp(s - shift[:, None]), axis=1)
-      return m_new, l
+      return _fold_scores(carry, _masked_scores(q, q_ids, kb))
 
     return _maybe_skip(skip_empty, kb, update, lambda c: c, carry), None
 
@@ -283,18 +287,12 @@ def _self_stream_fwd(z, ids, valid, inv_tau, block):
   blocks = _split_blocks(Keys(z, ids, valid), block)
 
   def step(carry, kb):
-    m, l = carry
     s, mask, _ = _self_tile(z, ids, valid, kb, t)
-    s = jnp.where(mask, s, -jnp.inf)
-    m_new = jnp.maximum(m, jnp.max(s, axis=1))
-    shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-    l = l * jnp.exp(m - shift) + jnp.sum(jnp.exp(s - shift[:, None]), axis=1)
-    return (m_new, l), None
+    return _fold_scores(carry, jnp.where(mask, s, -jnp.inf)), None
 
   (m, l), _ = jax.lax.scan(step, _init_stats(z), blocks)
   shift = jnp.where(jnp.isfinite(m), m, 0.0)
-  lse = jnp.where(l > 0, jnp.log(jnp.where(l > 0, l, 1.0)) + shift, -jnp.inf)
-  return lse, (z, ids, valid, shift, l, inv_tau)
+  return _finish_stats((m, l)), (z, ids, valid, shift, l, inv_tau)
 
 
 def _self_stream_bwd(block, res, g):
@@ -303,9 +301,9 @@ def _self_stream_bwd(block, res, g):
   t = jnp.asarray(inv_tau, acc)
   u = jnp.where(l > 0, g.astype(acc) / jnp.where(l > 0, l, 1.0), 0.0)  # g_i / l_i
   blocks = _split_blocks(Keys(z, ids, valid), block)
-  # Each key block also carries its rows' u and shift (padding: 0, masked anyway).
-  u_blocks = _split_blocks(Keys(u[:, None], ids, valid), block).k[..., 0]
-  shift_blocks = _split_blocks(Keys(shift[:, None], ids, valid), block).k[..., 0]
+  # Each key block also carries its rows' u and shift (padding: 0, masked anyway). Two
+  # [num_blocks, B] arrays: slicing a stacked [N, 2] per block ran 2x slower on XLA:CPU.
+  u_blocks, shift_blocks = _split(u, block, 0.0), _split(shift, block, 0.0)
   zero = jnp.zeros((), acc)
 
   def step(wz, xs):
