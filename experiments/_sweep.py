@@ -184,7 +184,8 @@ class CellCache:
 
   def get_or_run(self, key: str, config,
                  extract: Callable[[Dict[str, Any]], Dict[str, Any]],
-                 hooks: Sequence[Callable] = ()) -> Optional[Dict[str, Any]]:
+                 hooks: Sequence[Callable] = (),
+                 done: Optional[Callable[[str], bool]] = None) -> Optional[Dict[str, Any]]:
     """The cell's record: stored, or trained now if the budget allows, else None.
 
     Args:
@@ -192,6 +193,8 @@ class CellCache:
       config: the cell's trainer config.
       extract: trainer results dict -> the small record stored and returned.
       hooks: trainer hooks.
+      done: extra completion test on the trainer folder (`run_cell`'s), e.g. the outputs
+        that `hooks` write and `extract` reads.
 
     Returns:
       The record, with "status", "wall_seconds", "config_hash" and "reused" added; None
@@ -207,7 +210,7 @@ class CellCache:
     if not self.budget.allows():
       return None
     load = load_average()
-    res, ran = run_cell(config, self.workdir(key, chash), hooks=hooks)
+    res, ran = run_cell(config, self.workdir(key, chash), hooks=hooks, done=done)
     self.budget.cells_run += 1
     record = dict(extract(res), status=res.get("status", "ok"),
                   wall_seconds=res.get("wall_seconds"), config_hash=chash,

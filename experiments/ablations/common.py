@@ -23,3 +23,4 @@ def _load(name: str, module_name: str):
 bg = sys.modules.get("beta_geometry_run") or _load("beta_geometry", "beta_geometry_run")
 pc = bg.pc
 fmt_ms = bg._ms  # pylint: disable=protected-access
+sweep = sys.modules["_sweep"]  # experiments/_sweep.py, loaded by pc: the resumable cell cache

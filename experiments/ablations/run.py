@@ -30,8 +30,10 @@ Usage::
   python experiments/ablations/run.py --out DIR --max_cells 10           # partial
   python experiments/ablations/run.py --out DIR --time_budget 3600       # partial
 
-Each finished cell is cached in OUT/runs/<group>/<cell>/seed<s>/ (results.json, embeddings)
-and reused; an interrupted sweep resumes. results.md and results.json always say how many
+Each finished cell-seed is stored as OUT/cells/noise<n>/<group>/<cell>/seed<s>.json (small,
+committed: its metrics, config and config hash) and reused while its config is unchanged; the
+trainer folder OUT/runs/... (checkpoints, test embeddings; ignored by git) lets a half-trained
+cell resume from its last checkpoint. results.md and results.json always say how many
 cells are done out of how many planned; tables show "-" for missing cells.
 """
 
@@ -97,24 +99,33 @@ class Cell:
 
 
 def cells_for(grid: Grid) -> List[Cell]:
-  """Every cell of the grid, in run order (centroid, kernel, control)."""
+  """Every cell of the grid, in run order.
+
+  Per temperature: centroid at beta = 0 (SupCon's loss), then for each beta > 0 the
+  centroid cell and its matched control; the kernel cells last. So a partial sweep holds
+  complete R-against-control comparisons, one temperature after the other.
+  """
+
+  def centroid(b, t):
+    return Cell("centroid", f"beta{b:g}_tau{t:g}", {
+        "method": "projnce", "loss": {"positive": "centroid", "negative": "sample",
+                                      "beta": b, "temperature": t}}, beta=b, tau=t)
+
+  def control(b, t):
+    return Cell("control", f"beta{b:g}_tau{t:g}", {
+        "method": "supcon", "loss": {"temperature": t, "dispersion": b}}, beta=b, tau=t)
+
   out = []
   for t in grid.temperatures:
     for b in grid.betas:
-      out.append(Cell("centroid", f"beta{b:g}_tau{t:g}", {
-          "method": "projnce", "loss": {"positive": "centroid", "negative": "sample",
-                                        "beta": b, "temperature": t}}, beta=b, tau=t))
+      out.append(centroid(b, t))
+      if grid.control and b > 0:
+        out.append(control(b, t))
   for h in grid.bandwidths:
     out.append(Cell("kernel", f"h{h:g}", {
         "method": "projnce", "loss": {"positive": "kernel", "negative": "sample", "beta": 1.0,
                                       "temperature": grid.kernel_tau, "bandwidth": h}},
                     beta=1.0, tau=grid.kernel_tau, bandwidth=h))
-  if grid.control:
-    for t in grid.temperatures:
-      for b in grid.betas:
-        if b > 0:
-          out.append(Cell("control", f"beta{b:g}_tau{t:g}", {
-              "method": "supcon", "loss": {"temperature": t, "dispersion": b}}, beta=b, tau=t))
   return out
 
 
@@ -124,8 +135,37 @@ def eval_split_overrides() -> Dict[str, Any]:
   return {"eval_split": "validation"} if "eval_split" in train.base_config() else {}
 
 
-def cell_dir(out: str, cell: Cell, seed: int) -> str:
-  return os.path.join(out, "runs", cell.group, cell.name, f"seed{seed}")
+def cell_key(grid: Grid, cell: Cell, seed: int) -> str:
+  """The cell-seed's name in the cache: OUT/cells/<key>.json, OUT/runs/<key>-<hash>/."""
+  return f"noise{grid.noise:g}/{cell.group}/{cell.name}/seed{seed}"
+
+
+RECORD_FIELDS = ("linear_probe_accuracy", "knn_accuracy", "heldout_mi_bound",
+                 "train_batch_mi_estimate", "adjustment", "epochs")
+
+
+def run_cell_seed(cache, config, grid: Grid, cell: Cell, seed: int) -> Optional[Dict[str, Any]]:
+  """The cell-seed's record (stored, or trained now if the budget allows), else None.
+
+  The record keeps the trainer's metrics and the intra-class spread of the test
+  embeddings, which an embedding hook saves in the trainer folder after the last step.
+  """
+  workdir = cache.workdir(cell_key(grid, cell, seed), common.sweep.config_hash(config))
+  hook = []
+
+  def embedding_hook(step, state, record):  # built on first use: cached cells never need it
+    if not hook:
+      hook.append(bg.embedding_hook(config, workdir))
+    hook[0](step, state, record)
+
+  def extract(res):
+    rec = {k: res.get(k) for k in RECORD_FIELDS}
+    if res.get("status", "ok") == "ok":
+      rec["intra_z"] = bg.geometry(workdir)["z"]["intra"]
+    return rec
+
+  return cache.get_or_run(cell_key(grid, cell, seed), config, extract,
+                          hooks=[embedding_hook], done=bg.has_embeddings)
 
 
 # ----------------------------------------------------------------------------------------
@@ -291,6 +331,12 @@ def plot(path: str, grid: Grid, summary, comps) -> None:
   plt.close(fig)
 
 
+def _load_range(cells: List[Dict[str, Any]]) -> str:
+  loads = [c["load_average_at_start"][0] for c in cells if c.get("load_average_at_start")]
+  return (f"1-minute load average at the starts of the trained cells: {min(loads):.1f} to "
+          f"{max(loads):.1f} (stored per cell in cells/)." if loads else "")
+
+
 def write_markdown(path: str, result: Dict[str, Any], grid: Grid) -> None:
   mach, s, summary, comps = (result["machine"], result["setting"], result["summary"],
                              result["comparisons"])
@@ -305,7 +351,7 @@ def write_markdown(path: str, result: Dict[str, Any], grid: Grid) -> None:
       f"Cells (one cell = one grid point x one seed): {done} / {planned} done ({status}); "
       f"{result['cells_run_now']} run by this invocation in {result['wall_seconds']:.0f} s"
       + (f", {result['mean_cell_seconds']:.0f} s per cell on average"
-         if result["cells_run_now"] else "") + ".", "",
+         if result["cells_run_now"] else "") + ". " + _load_range(result["cells"]), "",
       f"Set-up: mnist5k, label noise {grid.noise:g}, small_cnn {tuple(s['widths'])} "
       f"(extra_convs {s['extra_convs']}), batch {s['batch_size']} x 2 views, "
       + (f"{s['num_steps']} steps" if s["num_steps"] else f"{s['num_epochs']} epochs")
@@ -362,7 +408,8 @@ def write_markdown(path: str, result: Dict[str, Any], grid: Grid) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", required=True, help="output folder (cells go to OUT/runs/)")
+  p.add_argument("--out", required=True,
+                 help="output folder (finished cells: OUT/cells/, trainer folders: OUT/runs/)")
   p.add_argument("--smallest", action="store_true",
                  help="4 grid points x 1 seed at a tiny scale (the test)")
   p.add_argument("--max_cells", type=int, default=None,
@@ -388,31 +435,25 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   cells = cells_for(grid)
   plan = [(c, s) for c in cells for s in setting.seeds]
   records: Dict[Tuple[str, str], Dict[int, Dict[str, Any]]] = {}
+  cache = common.sweep.CellCache(args.out, budget=common.sweep.Budget(
+      max_cells=args.max_cells, time_budget_s=args.time_budget))
   ran, walls, flat = 0, [], []
   for i, (cell, seed) in enumerate(plan):
-    workdir = cell_dir(args.out, cell, seed)
-    finished = os.path.exists(os.path.join(workdir, "results.json")) and bg.has_embeddings(
-        workdir)
-    over_budget = ((args.max_cells is not None and ran >= args.max_cells) or
-                   (args.time_budget is not None and
-                    time.perf_counter() - t0 > args.time_budget))
-    if not finished and over_budget:
-      continue
     config = pc.build_config(setting, "mnist5k", {**cell.overrides, **extra}, grid.noise,
                              seed)
-    res, now = pc.run_cell(config, workdir, hooks=[bg.embedding_hook(config, workdir)],
-                           done=bg.has_embeddings)
+    res = run_cell_seed(cache, config, grid, cell, seed)
+    if res is None:  # not finished, and the budget allows no new cell
+      continue
+    now = not res["reused"]
     ran += now
     if now:
-      walls.append(res.get("wall_seconds", 0.0))
+      walls.append(res.get("wall_seconds") or 0.0)
     rec = {"group": cell.group, "cell": cell.name, "seed": seed, "beta": cell.beta,
            "tau": cell.tau, "bandwidth": cell.bandwidth, "status": res.get("status", "ok"),
            "wall_seconds": res.get("wall_seconds"), "ran_now": now,
-           **{k: res.get(k) for k in ("linear_probe_accuracy", "knn_accuracy",
-                                      "heldout_mi_bound", "train_batch_mi_estimate",
-                                      "adjustment", "epochs")}}
+           "load_average_at_start": res.get("load_average_at_start"),
+           **{k: res.get(k) for k in RECORD_FIELDS + ("intra_z",)}}
     if rec["status"] == "ok":
-      rec["intra_z"] = bg.geometry(workdir)["z"]["intra"]
       records.setdefault((cell.group, cell.name), {})[seed] = rec
     flat.append(rec)
     print(f"[{i + 1}/{len(plan)}] {cell.group}/{cell.name} seed={seed}: "

@@ -1,6 +1,7 @@
 """End-to-end check of experiments/ablations/run.py in its --smallest setting."""
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -22,8 +23,14 @@ def test_smallest_partial_then_resumed_to_complete(tmp_path):
   assert part["cells_planned"] == 4 and part["cells_done"] == 2 and part["cells_run_now"] == 2
   text = (tmp_path / "results.md").read_text()
   assert "2 / 4 done" in text and "PARTIAL" in text
+  stored = sorted(p.relative_to(tmp_path / "cells").as_posix()
+                  for p in (tmp_path / "cells").rglob("*.json"))
+  assert stored == ["noise0/centroid/beta0_tau0.1/seed0.json",
+                    "noise0/centroid/beta1_tau0.1/seed0.json"]
 
-  # The rest: the finished cells are reused from their cache, not trained again.
+  # The rest, in a fresh checkout (trainer folders are not committed): the finished cells
+  # are read from cells/, not trained again.
+  shutil.rmtree(tmp_path / "runs")
   stdout, full = _run(tmp_path)
   assert stdout.count("reused") == 2 and full["cells_run_now"] == 2
   assert full["cells_done"] == 4
@@ -65,7 +72,10 @@ def test_paired_t_interval_and_comparisons():
   assert ab.t_interval([0.1])["lo"] is None
 
   grid = ab.Grid(betas=(0.0, 1.0), temperatures=(0.1,), bandwidths=(0.5,))
-  assert len(ab.cells_for(grid)) == 4
+  # Each control cell follows its centroid cell, so partial sweeps hold whole comparisons.
+  assert [(c.group, c.name) for c in ab.cells_for(grid)] == [
+      ("centroid", "beta0_tau0.1"), ("centroid", "beta1_tau0.1"),
+      ("control", "beta1_tau0.1"), ("kernel", "h0.5")]
   acc = {("centroid", "beta0_tau0.1"): [0.90, 0.91, 0.92],
          ("centroid", "beta1_tau0.1"): [0.93, 0.93, 0.95],
          ("control", "beta1_tau0.1"): [0.90, 0.92, 0.91],
