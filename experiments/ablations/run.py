@@ -102,8 +102,9 @@ def cells_for(grid: Grid) -> List[Cell]:
   """Every cell of the grid, in run order.
 
   Per temperature: centroid at beta = 0 (SupCon's loss), then for each beta > 0 the
-  centroid cell and its matched control; the kernel cells last. So a partial sweep holds
-  complete R-against-control comparisons, one temperature after the other.
+  centroid cell and its matched control; the kernel cells right after the block of their
+  reference temperature (`kernel_tau`). So a partial sweep holds complete comparisons, one
+  temperature after the other.
   """
 
   def centroid(b, t):
@@ -115,17 +116,23 @@ def cells_for(grid: Grid) -> List[Cell]:
     return Cell("control", f"beta{b:g}_tau{t:g}", {
         "method": "supcon", "loss": {"temperature": t, "dispersion": b}}, beta=b, tau=t)
 
+  def kernel(h):
+    return Cell("kernel", f"h{h:g}", {
+        "method": "projnce", "loss": {"positive": "kernel", "negative": "sample", "beta": 1.0,
+                                      "temperature": grid.kernel_tau, "bandwidth": h}},
+                beta=1.0, tau=grid.kernel_tau, bandwidth=h)
+
+  temperatures = list(grid.temperatures)
+  if grid.kernel_tau not in temperatures:
+    temperatures.append(None)  # no block at kernel_tau: the kernel cells come last
   out = []
-  for t in grid.temperatures:
-    for b in grid.betas:
+  for t in temperatures:
+    for b in (grid.betas if t is not None else ()):
       out.append(centroid(b, t))
       if grid.control and b > 0:
         out.append(control(b, t))
-  for h in grid.bandwidths:
-    out.append(Cell("kernel", f"h{h:g}", {
-        "method": "projnce", "loss": {"positive": "kernel", "negative": "sample", "beta": 1.0,
-                                      "temperature": grid.kernel_tau, "bandwidth": h}},
-                    beta=1.0, tau=grid.kernel_tau, bandwidth=h))
+    if t == grid.kernel_tau or t is None:
+      out.extend(kernel(h) for h in grid.bandwidths)
   return out
 
 

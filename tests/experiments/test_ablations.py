@@ -76,6 +76,11 @@ def test_paired_t_interval_and_comparisons():
   assert [(c.group, c.name) for c in ab.cells_for(grid)] == [
       ("centroid", "beta0_tau0.1"), ("centroid", "beta1_tau0.1"),
       ("control", "beta1_tau0.1"), ("kernel", "h0.5")]
+  full = [(c.group, c.name) for c in ab.cells_for(ab.FULL_GRID)]
+  assert len(full) == 37  # the kernel cells follow the 11 cells at tau = 0.1
+  assert full[11:15] == [("kernel", f"h{h:g}") for h in (0.25, 0.5, 1, 2)]
+  off_grid = ab.Grid(betas=(0.0,), temperatures=(0.2,), bandwidths=(1.0,), kernel_tau=0.1)
+  assert [c.group for c in ab.cells_for(off_grid)] == ["centroid", "kernel"]
   acc = {("centroid", "beta0_tau0.1"): [0.90, 0.91, 0.92],
          ("centroid", "beta1_tau0.1"): [0.93, 0.93, 0.95],
          ("control", "beta1_tau0.1"): [0.90, 0.92, 0.91],
