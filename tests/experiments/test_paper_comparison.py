@@ -220,8 +220,8 @@ def test_stage1_incomplete_under_budget(monkeypatch):
 def test_cell_cache_retrains_a_changed_config(tmp_path, monkeypatch):
   calls = []
 
-  def fake_run(config, workdir, hooks=()):
-    del hooks
+  def fake_run(config, workdir, hooks=(), done=None):
+    del hooks, done
     calls.append(workdir)
     return {"status": "ok", "linear_probe_accuracy": config.lr, "wall_seconds": 0.0}, True
 

@@ -55,8 +55,10 @@ def compilation_cache(tmp_path_factory):
 
 
 def _env(local_devices):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}")
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()  # the suite's other flags
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
+      flags + [f"--xla_force_host_platform_device_count={local_devices}"]))
   if "dir" in _CACHE:
     env.update(JAX_COMPILATION_CACHE_DIR=_CACHE["dir"],
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
