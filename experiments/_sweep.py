@@ -69,8 +69,12 @@ def load_average() -> list:
 
 
 def enable_compilation_cache(path: str) -> None:
-  """Caches compiled XLA programs on disk: the cells share shapes, so most load, not compile."""
+  """Caches compiled XLA programs on disk: the cells share shapes, so most load, not compile.
+
+  A cache folder set in the environment (JAX_COMPILATION_CACHE_DIR) is kept instead of `path`.
+  """
   import jax  # pylint: disable=g-import-not-at-top
+  path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or path
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

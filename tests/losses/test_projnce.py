@@ -264,7 +264,11 @@ def frozen_kernel_weights(monkeypatch):
   return cache
 
 
-@pytest.mark.parametrize("positive,negative", PAIRS)
+# Every projection's gradient in each role (as g+ against "sample", as g- against "centroid")
+# by default; the other combinations of the same code paths in the `slow` run.
+@pytest.mark.parametrize("positive,negative", [
+    pair if pair in SOME_PAIRS else pytest.param(*pair, marks=pytest.mark.slow)
+    for pair in PAIRS])
 def test_check_grads(positive, negative, frozen_kernel_weights):
   m, d = 3, 5
   z, y = _batch(9, n=10, d=d, m=m, scale=0.5)
