@@ -4,10 +4,11 @@ import tempfile
 
 _flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 # The suite compiles several hundred small programs and runs each a few times: LLVM's
-# optimisation passes dominate its time. Level 0 compiles them about 20% faster (measured on
-# the 2-core CPU: 86 -> 66 s for test_projnce's gradient checks, 208 -> 169 s for the
-# property and mlp training tests). XLA_FLAGS=--xla_backend_optimization_level=2 runs the
-# suite at XLA's default level instead; the benchmarks and experiments always do.
+# optimisation passes dominate its time. Level 0 compiled subsets about 20% faster (2-core
+# CPU, fresh caches, side by side at load average ~3: 86 -> 66 s for test_projnce's gradient
+# checks, 208 -> 169 s for the property and mlp training tests; not rerun idle).
+# XLA_FLAGS=--xla_backend_optimization_level=2 runs the suite at XLA's default level instead;
+# benchmarks and experiments run outside the suite always use the default.
 if "xla_backend_optimization_level" not in _flags:
   _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = _flags.strip()

@@ -122,17 +122,16 @@ def cells_for(grid: Grid) -> List[Cell]:
                                       "temperature": grid.kernel_tau, "bandwidth": h}},
                 beta=1.0, tau=grid.kernel_tau, bandwidth=h)
 
-  temperatures = list(grid.temperatures)
-  if grid.kernel_tau not in temperatures:
-    temperatures.append(None)  # no block at kernel_tau: the kernel cells come last
   out = []
-  for t in temperatures:
-    for b in (grid.betas if t is not None else ()):
+  for t in grid.temperatures:
+    for b in grid.betas:
       out.append(centroid(b, t))
       if grid.control and b > 0:
         out.append(control(b, t))
-    if t == grid.kernel_tau or t is None:
+    if t == grid.kernel_tau:
       out.extend(kernel(h) for h in grid.bandwidths)
+  if grid.kernel_tau not in grid.temperatures:  # no block at kernel_tau: kernel cells last
+    out.extend(kernel(h) for h in grid.bandwidths)
   return out
 
 
