@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/pytest -n $(PYTEST_WORKERS) tests
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope tests
 
 # Resumes an interrupted demo (main.py resumes from the workdir's checkpoints; a finished
 # demo is evaluated again without training). The -fresh targets delete it and start over.

@@ -21,6 +21,29 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 import pytest  # noqa: E402
 
+# `make test` runs `pytest -n 2 --dist loadscope`: each module goes whole to one worker, so
+# its module-scoped fixtures (a real sweep, reference runs) and its compiled programs are
+# made once. Workers take modules in collection order; the longest are put first so that
+# none is left to run alone at the end.
+_LONGEST_FIRST = (
+    "train/test_kill_resume.py", "experiments/test_paper_comparison.py",
+    "losses/test_properties.py", "train/test_trainer.py", "experiments/test_mi_bound.py",
+    "test_notebook.py", "train/test_mlp_projection.py", "experiments/test_ablations.py",
+    "losses/test_accelerator_check.py", "experiments/test_beta_geometry.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {m: i for i, m in enumerate(_LONGEST_FIRST)}
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+
+  def key(item):
+    rel = os.path.relpath(str(item.path), tests_dir).replace(os.sep, "/")
+    return rank.get(rel, len(rank))
+
+  items.sort(key=key)  # stable: every module keeps its own order
+
 
 @pytest.fixture
 def x64():

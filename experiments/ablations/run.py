@@ -179,16 +179,25 @@ def run_cell_seed(cache, config, grid: Grid, cell: Cell, seed: int) -> Optional[
 
 
 def t_interval(diffs: Sequence[float], level: float = 0.95) -> Dict[str, Any]:
-  """Mean of paired differences and its t-interval (None with fewer than 2 pairs)."""
+  """Mean of paired differences and its t-interval (None with fewer than 2 pairs).
+
+  Equal differences (common on a small evaluation split, whose accuracies move in steps of
+  1/n) give a zero-width interval; it is marked `degenerate` and never counted as
+  excluding 0, since no spread was observed from which to judge it.
+  """
   from scipy import stats  # pylint: disable=g-import-not-at-top
   d = np.asarray([x for x in diffs if x is not None and math.isfinite(x)], np.float64)
   if d.size < 2:
     return {"mean": float(d.mean()) if d.size else None, "lo": None, "hi": None,
-            "n": int(d.size), "excludes_zero": None}
+            "n": int(d.size), "excludes_zero": None, "degenerate": False}
+  if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
+    m = float(d.mean())
+    return {"mean": m, "lo": m, "hi": m, "n": int(d.size), "excludes_zero": False,
+            "degenerate": True}
   half = float(stats.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
   m = float(d.mean())
   return {"mean": m, "lo": m - half, "hi": m + half, "n": int(d.size),
-          "excludes_zero": bool(m - half > 0 or m + half < 0)}
+          "excludes_zero": bool(m - half > 0 or m + half < 0), "degenerate": False}
 
 
 def paired(records: Dict[Tuple[str, str], Dict[int, Dict[str, Any]]], a: Tuple[str, str],
@@ -242,8 +251,10 @@ def _ci(c: Dict[str, Any], scale: float) -> str:
     return "-"
   if c["lo"] is None:
     return f"{scale * c['mean']:+.{2 if scale > 1 else 4}f} (n={c['n']})"
-  mark = "**" if c["excludes_zero"] else ""
   d = 2 if scale > 1 else 4
+  if c.get("degenerate"):
+    return f"{scale * c['mean']:+.{d}f} (all {c['n']} seeds equal, no interval)"
+  mark = "**" if c["excludes_zero"] else ""
   return (f"{mark}{scale * c['mean']:+.{d}f} [{scale * c['lo']:+.{d}f}, "
           f"{scale * c['hi']:+.{d}f}]{mark}")
 
@@ -311,6 +322,9 @@ def plot(path: str, grid: Grid, summary, comps) -> None:
                     yerr=[100 * (s["std"] or 0) for _, s in pts], color=color, ls=ls,
                     marker="o", capsize=2, label=f"{group}, tau={t:g}")
   ax.set_xscale("symlog", linthresh=0.25)
+  ax.set_xticks(list(grid.betas))
+  ax.set_xticklabels([f"{b:g}" for b in grid.betas])
+  ax.minorticks_off()
   ax.set_xlabel("beta")
   ax.set_ylabel("linear probe accuracy (%)")
   ax.set_title("centroid (solid) vs dispersion control (dashed)", fontsize=10)

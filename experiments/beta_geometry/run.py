@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from projnce_jax import report
 
 
 def _load_paper_comparison():
@@ -294,18 +295,12 @@ def plot_tsne(cell_dirs: Dict[str, str], spreads: Dict[str, Dict[str, float]],
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
-  import threadpoolctl  # pylint: disable=g-import-not-at-top
   panels = [(n, t) for n, t in PANELS if n in cell_dirs]
   fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 4.0), squeeze=False)
   for ax, (name, title) in zip(axes[0], panels):
     d = np.load(os.path.join(cell_dirs[name], EMBEDDINGS))
-    idx = np.random.default_rng(0).permutation(len(d["label"]))[:points]
-    z, y = d["z"][idx], d["label"][idx]
-    # One OpenMP thread: on a few shared cores, more threads make t-SNE several times slower.
-    with threadpoolctl.threadpool_limits(limits=1):
-      emb = TSNE(n_components=2, perplexity=min(30.0, (len(z) - 1) / 3), init="pca",
-                 random_state=0).fit_transform(unit(z))
+    emb, idx = report.tsne_2d(unit(d["z"]), max_points=points)
+    y = d["label"][idx]
     sc = ax.scatter(emb[:, 0], emb[:, 1], c=y, cmap="tab10", s=4, vmin=0, vmax=9)
     g = spreads[name]
     ax.set_title(f"{title}\nintra {g['intra']:.3f}, inter {g['inter']:.3f}", fontsize=10)

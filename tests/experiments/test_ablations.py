@@ -70,6 +70,11 @@ def test_paired_t_interval_and_comparisons():
   np.testing.assert_allclose([ci["lo"], ci["hi"]], [np.mean(d) - half, np.mean(d) + half])
   assert ci["excludes_zero"] and not ab.t_interval([0.1, -0.1, 0.05])["excludes_zero"]
   assert ab.t_interval([0.1])["lo"] is None
+  # Three equal differences: no spread, so no interval and nothing called significant.
+  flat = ab.t_interval([0.0025, 0.0025, 0.0025])
+  assert flat["degenerate"] and not flat["excludes_zero"]
+  assert "no interval" in ab._ci(flat, 100) and "**" not in ab._ci(flat, 100)
+  assert ab._ci(ci, 100).startswith("**")
 
   grid = ab.Grid(betas=(0.0, 1.0), temperatures=(0.1,), bandwidths=(0.5,))
   # Each control cell follows its centroid cell, so partial sweeps hold whole comparisons.
