@@ -14,9 +14,13 @@ if "xla_backend_optimization_level" not in _flags:
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One on-disk XLA cache for the session, its xdist workers and the processes the tests
-# start (main.py, experiment scripts): programs compiled (>= 1 s) once are loaded after.
+# start (main.py, experiment scripts, the notebook's kernel): every program compiled once
+# is loaded after, the sub-second ones too (at level 0 most compile in under a second, and
+# each of these processes would otherwise compile them again).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"projnce_jax_test_xla_cache_{getattr(os, 'getuid', lambda: 0)()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 import pytest  # noqa: E402
