@@ -15,6 +15,7 @@ O(n K d) time and O(n * block + K d) memory; only the `sample` negative (SupCon'
 all pairs, computed densely, blockwise or around a device ring.
 """
 
+import functools
 from typing import Any, Optional, Union
 
 import jax
@@ -284,10 +285,37 @@ def projnce(z: jax.Array, labels: jax.Array, *, temperature=0.1,
   _validate(z, labels, temperature=temperature, positive=positive, negative=negative,
             num_classes=num_classes, params=params, axis_name=axis_name, impl=impl,
             block_size=block_size, mask=mask)
-  return _projnce(z, labels, temperature=temperature, positive=positive, negative=negative,
-                  beta=beta, num_classes=num_classes, params=params, axis_name=axis_name,
-                  impl=impl, block_size=block_size, normalize=normalize, mask=mask,
-                  log_ratio_clip=log_ratio_clip, bandwidth=bandwidth)
+  return _dispatch(z, labels, temperature=temperature, positive=positive,
+                   negative=negative, beta=beta, num_classes=num_classes, params=params,
+                   axis_name=axis_name, impl=impl, block_size=block_size,
+                   normalize=normalize, mask=mask, log_ratio_clip=log_ratio_clip,
+                   bandwidth=bandwidth)
+
+
+_STATIC_TYPES = (str, bool, int, float, np.integer, np.floating, type(None))
+
+
+def _dispatch(z, labels, **kw):
+  """`_projnce`, compiled as one program when called outside any trace.
+
+  Inside jit/grad/vmap/shard_map (any argument a tracer) it is traced in place. A call
+  on concrete arrays would otherwise run the loss op by op, compiling each of its ~100
+  operations for every new shape (about 5 s on a CPU); here the Python-scalar and string
+  arguments are static and the arrays (z, labels, tables, params, mask) are traced, so
+  one compilation per shape and setting serves every later call.
+  """
+  if not all(_is_concrete(x) for x in jax.tree.leaves((z, labels, kw))):
+    return _projnce(z, labels, **kw)
+  static = tuple(sorted((k, type(v).__name__, v) for k, v in kw.items()
+                        if isinstance(v, _STATIC_TYPES)))
+  dynamic = {k: v for k, v in kw.items() if not isinstance(v, _STATIC_TYPES)}
+  return _compiled(static)(z, labels, dynamic)
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(static):
+  kw = {k: v for k, _, v in static}
+  return jax.jit(lambda z, labels, dynamic: _projnce(z, labels, **kw, **dynamic))
 
 
 def _projnce(z, labels, *, temperature, positive, negative, beta, num_classes, params,
@@ -468,8 +496,8 @@ def infonce(z_views: jax.Array, *, temperature=0.1, axis_name: Optional[str] = N
   _validate(z_views.reshape(b * v, d), labels, temperature=temperature, positive="centroid",
             negative="sample", num_classes=None, params=None, axis_name=axis_name,
             impl=impl, block_size=block_size, mask=rows_mask)
-  return _projnce(z_views.reshape(b * v, d), labels, temperature=temperature,
-                  positive="centroid", negative="sample", beta=0.0, num_classes=None,
-                  params=None, axis_name=axis_name, impl=impl, block_size=block_size,
-                  normalize=normalize, mask=rows_mask, log_ratio_clip=None, bandwidth=1.0,
-                  num_views=v)
+  return _dispatch(z_views.reshape(b * v, d), labels, temperature=temperature,
+                   positive="centroid", negative="sample", beta=0.0, num_classes=None,
+                   params=None, axis_name=axis_name, impl=impl, block_size=block_size,
+                   normalize=normalize, mask=rows_mask, log_ratio_clip=None,
+                   bandwidth=1.0, num_views=v)

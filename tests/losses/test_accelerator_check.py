@@ -10,7 +10,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_accelerator_check_small_writes_every_item(tmp_path):
   out = tmp_path / "accel.json"
   env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # one CPU device, as on a single-chip host
+  # One CPU device, as on a single-chip host; the suite's other XLA flags are kept.
+  env["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                              if not f.startswith("--xla_force_host_platform_device_count"))
   subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "accelerator_check.sh"),
                   "--small", "--out", str(out)], env=env, check=True, timeout=300,
                  capture_output=True)

@@ -261,7 +261,8 @@ def frozen_kernel_weights(monkeypatch):
     return jnp.asarray(cache[key])
 
   monkeypatch.setattr(proj_lib, "epanechnikov", frozen)
-  return cache
+  with jax.disable_jit():  # op by op, so the weights are concrete and nothing is cached
+    yield cache
 
 
 # Every projection's gradient in each role (as g+ against "sample", as g- against "centroid")
@@ -349,3 +350,25 @@ def test_streamed_class_slots_without_num_classes_equal_reference(positive, nega
       z_, jnp.asarray(y) - 100, positive=positive, negative=negative, temperature=0.2,
       beta=0.7, num_classes=53)[0])(jnp.asarray(z))
   np.testing.assert_allclose(np.asarray(grad), np.asarray(dense), atol=1e-10)
+
+
+def test_an_eager_call_runs_one_compiled_program_per_shape_and_setting():
+  """Outside a trace the loss is one jitted program (not ~100 op-by-op dispatches), reused
+  by later calls of the same setting; inside the user's jit it is traced in place; both
+  give the same value."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  mod = importlib.import_module("projnce_jax.losses.projnce")
+  z = jax.random.normal(jax.random.key(3), (12, 5))
+  y = jnp.asarray([0, 1, 2] * 4)
+  kw = dict(temperature=0.37, positive="kernel", bandwidth=0.8)
+  eager, aux = pj.losses.projnce(z, y, **kw)
+  before = mod._compiled.cache_info()
+  again, _ = pj.losses.projnce(z + 1.0, y, **kw)     # same setting: the same program
+  after = mod._compiled.cache_info()
+  assert after.hits == before.hits + 1 and after.currsize == before.currsize
+  pj.losses.projnce(z, y, **dict(kw, temperature=0.5))  # another setting: another one
+  assert mod._compiled.cache_info().currsize == after.currsize + 1
+  traced = jax.jit(lambda a, b: pj.losses.projnce(a, b, **kw)[0])(z, y)
+  np.testing.assert_allclose(float(eager), float(traced), rtol=1e-6)
+  assert mod._compiled.cache_info().currsize == after.currsize + 1  # traced in place
+  assert float(again) != float(eager) and set(aux) == set(pj.losses.AUX_KEYS)
