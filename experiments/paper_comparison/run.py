@@ -173,7 +173,7 @@ SMALLEST = Setting(
     num_steps=3, probe_epochs=2,
     methods=(("mnist5k", ("cross_entropy", "supcon", "projnce_centroid")),),
     noises=(0.4,), seeds=(0, 1), checkpoint_every=3, tune_noises=(0.4,),
-    temperatures=(0.1, 0.2), lr_factors=(1.0,), betas=(1.0,), bandwidths=(1.0,),
+    temperatures=(0.1,), lr_factors=(1.0,), betas=(1.0,), bandwidths=(1.0,),
     epoch_choices=(1,), length_methods=("supcon", "projnce_centroid"))
 SMALL = SMALLEST  # the name used by experiments that import this module
 
