@@ -57,8 +57,9 @@ def tsne_2d(x: np.ndarray, *, max_points: int = 1000, seed: int = 0):
   """t-SNE (sklearn) of up to `max_points` rows of x: [n, f] -> ([m, 2], chosen row ids).
 
   Runs on one OpenMP thread: Barnes-Hut's threads busy-wait when the cores are taken (by
-  XLA's pool, other runs, test workers), and on the 2-core CPU at load average 3 one thread
-  took 0.6 s instead of 28 s for 100 points and 10 s instead of 33 s for 1000.
+  XLA's pool, other runs, test workers). On the 2-core CPU at load average 3 one thread
+  took 0.6 s instead of 28 s for 100 points and 10 s instead of 33 s for 1000; idle (load
+  0.9) it costs 9.9 s against 7.0 s for 1000 points (0.64 s either way for 100).
   """
   from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
   from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
