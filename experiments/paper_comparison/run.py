@@ -120,6 +120,8 @@ class Setting:
     checkpoint_every: steps between checkpoints.
     tune_seed: the stage-1 seed.
     tune_noises: noise rates stage 1 tunes at (each stage-2 noise uses the nearest one).
+    tune_noises_by_dataset: datasets tuned at other rates than `tune_noises` (the larger
+      datasets are tuned at the primary noise only: a 2-core CPU affords one grid each).
     temperatures: stage-1 grid for the contrastive methods.
     lr_factors: stage-1 grid for cross-entropy, multiples of the dataset's base lr.
     betas: stage-1 grid for ProjNCE.
@@ -149,6 +151,8 @@ class Setting:
   checkpoint_every: int = 200
   tune_seed: int = 100
   tune_noises: Tuple[float, ...] = (0.0, 0.4)
+  tune_noises_by_dataset: Tuple[Tuple[str, Tuple[float, ...]], ...] = (
+      ("fashion_mnist_local", (0.4,)), ("spoken_digits", (0.4,)))
   temperatures: Tuple[float, ...] = (0.05, 0.1, 0.2)
   lr_factors: Tuple[float, ...] = (0.5, 1.0, 2.0)
   betas: Tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -165,6 +169,10 @@ class Setting:
   @property
   def datasets(self) -> Tuple[str, ...]:
     return tuple(d for d, _ in self.methods)
+
+  def tune_noises_of(self, dataset: str) -> Tuple[float, ...]:
+    """The noise rates stage 1 tunes `dataset` at."""
+    return dict(self.tune_noises_by_dataset).get(dataset, self.tune_noises)
 
 
 FULL = Setting()
@@ -372,11 +380,12 @@ def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
     planned: the keys of every cell this stage needs are appended (for done/planned).
     methods: tune only these (default: all of the dataset's); "complete" then refers to
       them.
-    noises: tune only at these of `setting.tune_noises` (default: all).
+    noises: tune only at these of `setting.tune_noises_of(dataset)` (default: all).
   """
   methods = [m for m in setting.methods_by_dataset[dataset]
              if methods is None or m in methods]
-  tune_noises = [n for n in setting.tune_noises if noises is None or n in noises]
+  tune_noises = [n for n in setting.tune_noises_of(dataset)
+                 if noises is None or n in noises]
   base_lr = dataset_base_lr(setting, dataset)
   entry: Dict[str, Any] = {"complete": False, "by_noise": {}, "scores": {}}
 
@@ -420,7 +429,7 @@ def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
     entry["by_noise"][f"{noise:g}"] = chosen
 
   # Training length at the highest tuning noise, with the values chosen there.
-  noise = max(setting.tune_noises)
+  noise = max(setting.tune_noises_of(dataset))
   chosen = entry["by_noise"].get(f"{noise:g}", {})
   length_methods = [m for m in setting.length_methods
                     if m in setting.methods_by_dataset[dataset]]
@@ -521,7 +530,7 @@ def primary_first(cache: _sweep.CellCache, setting: Setting) -> List[Dict[str, A
   print(f"primary endpoint first: {PRIMARY_DATASET}, noise {PRIMARY_NOISE:g}, "
         f"{list(primary)}", flush=True)
   entry = tune_dataset(cache, setting, PRIMARY_DATASET, [], methods=primary,
-                       noises=(max(setting.tune_noises),))
+                       noises=(max(setting.tune_noises_of(PRIMARY_DATASET)),))
   return run_stage2(cache, setting, [PRIMARY_DATASET], {PRIMARY_DATASET: entry}, [],
                     noises=(PRIMARY_NOISE,), methods=primary)
 
@@ -793,7 +802,11 @@ def write_markdown(path: str, result: Optional[Dict[str, Any]], *, command: str,
         f"seed); stage-2 seeds {tuple(s['seeds'])}; linear probe {s['probe_epochs']} epochs "
         "(final epoch), cosine kNN k = 200, frozen encoder features. Missing keys (the "
         "trainer does not provide them yet) show as \"-\".", "",
-        "## Stage 1: chosen on the validation split", ""]
+        "## Stage 1: chosen on the validation split", "",
+        "Tuned at label noise " + "; ".join(
+            f"{ds} " + ", ".join(f"{n:g}" for n in Setting(**s).tune_noises_of(ds))
+            for ds in result["datasets"])
+        + ". A stage-2 noise level uses the values tuned at the nearest one.", ""]
     for ds, why in result["stage1_skipped"].items():
       lines.append(f"- {ds}: stage 1 not run ({why}).")
     if not result["tuned"]:

@@ -208,6 +208,23 @@ def test_stage1_selection(monkeypatch):
   assert not any("_b1_" in k or k.endswith("_b1/seed100") for k in planned)
 
 
+def test_larger_datasets_are_tuned_at_the_primary_noise_only(monkeypatch):
+  monkeypatch.setattr(pc, "build_config", _fake_config)
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  setting = pc.FULL
+  assert setting.tune_noises_of("mnist5k") == (0.0, 0.4)
+  planned = []
+  entry = pc.tune_dataset(_FakeCache(_score), setting, "fashion_mnist_local", planned)
+  assert entry["complete"] and list(entry["by_noise"]) == ["0.4"]
+  assert planned and all(k.startswith("stage1/fashion_mnist_local/noise0.4/")
+                         for k in planned)
+  # Both stage-2 noise levels use the values tuned at 0.4.
+  for noise in setting.noises:
+    hp, tuned = pc.stage2_hp({"fashion_mnist_local": entry}, "fashion_mnist_local",
+                             "supcon", noise)
+    assert tuned and hp == {"temperature": 0.2}
+
+
 def test_stage1_incomplete_under_budget(monkeypatch):
   monkeypatch.setattr(pc, "build_config", _fake_config)
   monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
