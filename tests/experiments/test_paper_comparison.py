@@ -313,3 +313,57 @@ def test_primary_endpoint_cells_come_first(monkeypatch):
   # The centroid cells get its tuned temperature and beta.
   centroid = [c for c in cells if c["method"] == pc.PRIMARY_TARGET]
   assert all(c["hyperparameters"] == {"temperature": 0.2, "beta": 2.0} for c in centroid)
+
+
+def test_contrasts_primary_secondary_and_exploratory():
+  """Centroid gets every accuracy metric (the clean-label ones only under noise); every
+  other projection gets the probe only, marked exploratory and never primary."""
+  setting = pc.FULL
+  methods = setting.methods_by_dataset["mnist5k"]
+  rng = np.random.default_rng(0)
+  cells = []
+  for noise in setting.noises:
+    for m in methods:
+      for seed in setting.seeds:
+        acc = {k: float(rng.uniform(0.9, 1.0)) for k, _ in pc.METRICS[:4]}
+        if noise == 0:  # the trainer writes no clean-label keys without noise
+          acc = {k: v for k, v in acc.items() if not k.endswith("_clean_labels")}
+        cells.append(dict(acc, dataset="mnist5k", noise=noise, method=m, seed=seed,
+                          status="ok", tuned=True))
+  out = pc.contrasts(pc.summarize(cells), setting, ["mnist5k"], {"mnist5k": 20})
+  by_target = {}
+  for c in out:
+    by_target.setdefault(c["target"], []).append(c)
+    assert c["n"] == len(setting.seeds)
+    assert not (c["noise"] == 0 and c["metric"].endswith("_clean_labels"))
+  centroid = by_target.pop(pc.PRIMARY_TARGET)
+  assert len(centroid) == 2 * (4 + 2)  # 2 references x (4 metrics at 0.4, 2 at 0)
+  assert sum(c["primary"] for c in centroid) == 2 and not any(
+      c["exploratory"] for c in centroid)
+  assert set(by_target) == {m for m in methods
+                            if m.startswith("projnce_") and m != pc.PRIMARY_TARGET}
+  for rows in by_target.values():
+    assert len(rows) == 2 * len(setting.noises)
+    assert all(c["exploratory"] and not c["primary"] and c["metric"] == pc.PRIMARY_METRIC
+               for c in rows)
+  kernel_supcon = [c for c in by_target["projnce_kernel"]
+                   if c["noise"] == 0.4 and c["reference"] == "supcon"][0]
+  by = {(c["method"], c["seed"]): c[pc.PRIMARY_METRIC] for c in cells if c["noise"] == 0.4}
+  np.testing.assert_allclose(
+      kernel_supcon["diffs"],
+      [by[("projnce_kernel", s)] - by[("supcon", s)] for s in setting.seeds], rtol=1e-12)
+
+
+def test_full_setting_plans_every_dataset_from_any_directory(tmp_path):
+  """The full setting's stage 1 builds the configs of the image and audio datasets (no cell
+  is trained with --max_cells 0), run as a user would from another working directory."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run(
+      [sys.executable, SCRIPT, "--out", str(tmp_path / "out"), "--stage", "1",
+       "--datasets", "fashion_mnist_local,spoken_digits", "--max_cells", "0"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert result["cells_run_now"] == 0 and result["progress"]["stage1_done"] == 0
+  assert result["progress"]["stage1_planned"] > 0
