@@ -109,6 +109,8 @@ class Setting:
   Attributes:
     name: "full" or "smallest".
     widths: small_cnn channels per stage (image datasets).
+    audio_widths: audio_cnn channels per stage (spoken_digits; its log-mel settings are
+      its config's).
     extra_convs: stride-1 convolutions per stage after the first.
     batch_size: examples per step (two views each).
     num_epochs: pretraining epochs when stage 1 has not chosen a length.
@@ -135,6 +137,7 @@ class Setting:
   """
   name: str = "full"
   widths: Tuple[int, ...] = (16, 32, 64)
+  audio_widths: Tuple[int, ...] = (8, 16, 32)
   extra_convs: int = 1
   batch_size: int = 128
   num_epochs: int = 20
@@ -232,7 +235,7 @@ def _dataset_base(setting: Setting, dataset: str):
     module = _sweep.load_module(os.path.join(_ROOT, "configs", "spoken_digits.py"),
                                 "configs_spoken_digits")
     c = train.apply_overrides(module.get_config(None), {
-        "model": {"widths": tuple(setting.widths), "dtype": "float32"}})
+        "model": {"widths": tuple(setting.audio_widths), "dtype": "float32"}})
     return c
   c = train.base_config()
   c.dataset.augment.crop_scale = tuple(setting.crop_scale)

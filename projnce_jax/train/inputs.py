@@ -166,15 +166,30 @@ def make_train_inputs(kind: str, *, num_views: int, sample_rate: int = 16000,
   return fn
 
 
-def make_eval_inputs(kind: str, *, sample_rate: int = 16000
+# The log-mel settings among the audio augmentation's keyword arguments: evaluation
+# features use the training views' ones.
+AUDIO_FEATURE_KEYS = ("n_fft", "hop", "n_mels")
+
+
+def make_eval_inputs(kind: str, *, sample_rate: int = 16000,
+                     augment_kwargs: Optional[Dict[str, Any]] = None
                      ) -> Callable[[Batch], jax.Array]:
-  """batch -> [b, ...] float32 model inputs without augmentation."""
+  """batch -> [b, ...] float32 model inputs without augmentation.
+
+  Args:
+    kind: "image" or "audio".
+    sample_rate: audio sample rate.
+    augment_kwargs: the training augmentation's keyword arguments; audio features take
+      its `AUDIO_FEATURE_KEYS` (n_fft, hop, n_mels), so that evaluation sees the
+      spectrogram the encoder was trained on.
+  """
   field = input_key(kind)
+  features = {k: v for k, v in (augment_kwargs or {}).items() if k in AUDIO_FEATURE_KEYS}
 
   def fn(batch: Batch) -> jax.Array:
     x = batch[field]
     if kind == "image":
       return pjd.normalize_images(x).astype(jnp.float32)
-    return pjd.audio_features(x, sample_rate=sample_rate).astype(jnp.float32)
+    return pjd.audio_features(x, sample_rate=sample_rate, **features).astype(jnp.float32)
 
   return fn

@@ -140,10 +140,12 @@ class Experiment:
     self.tx = make_tx(main_tx, optax.adam(config.online_probe.lr), projection_tx)
 
     kind = self.info.kind
+    aug = augment_kwargs(config)
     self.train_inputs = make_train_inputs(
         kind, num_views=config.dataset.num_views, sample_rate=self.sample_rate,
-        augment_kwargs=augment_kwargs(config))
-    self.eval_inputs = make_eval_inputs(kind, sample_rate=self.sample_rate)
+        augment_kwargs=aug)
+    self.eval_inputs = make_eval_inputs(kind, sample_rate=self.sample_rate,
+                                        augment_kwargs=aug)
     loss_kwargs = {k: v for k, v in config.loss.to_dict().items()
                    if k not in ("mlp_hidden", "mlp_init", "mlp_lr")}
     self.step_fn = make_train_step(

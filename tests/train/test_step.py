@@ -193,3 +193,15 @@ def test_method_loss_keeps_a_bfloat16_head_and_returns_float32(method, monkeypat
   assert loss16.dtype == jnp.float32
   loss32, _ = method_loss(method, {"z": z32}, labels, jnp.ones(16, bool), **kwargs)
   np.testing.assert_allclose(float(loss16), float(loss32), rtol=2e-2)
+
+
+def test_audio_eval_features_match_the_training_views_settings():
+  """A config's n_fft/hop/n_mels reach both the training views and the eval features."""
+  from projnce_jax.train.inputs import make_eval_inputs  # pylint: disable=g-import-not-at-top
+  wave = jnp.asarray(np.random.default_rng(0).integers(-3000, 3000, (2, 16000)), jnp.int16)
+  batch = {"audio": wave, "index": jnp.arange(2)}
+  for kwargs, shape in (({}, (101, 64, 1)), ({"hop": 320, "n_mels": 40}, (51, 40, 1))):
+    train = make_train_inputs("audio", num_views=2, augment_kwargs=dict(kwargs, max_shift=0.0))
+    evaluate = make_eval_inputs("audio", augment_kwargs=dict(kwargs, max_shift=0.0))
+    assert train(jax.random.PRNGKey(0), batch).shape == (4,) + shape
+    assert evaluate(batch).shape == (2,) + shape
