@@ -280,6 +280,25 @@ def test_stage2_waits_for_stage1(monkeypatch):
   assert not any(c["tuned"] for c in cells if c["method"] != "supcon")
 
 
+def test_stage2_grid_order_answers_the_endpoint_first():
+  """Each dataset's grid is its whole product once; at PRIMARY_NOISE first, the endpoint's
+  methods seed by seed (each finished seed completes a pairing), then the others."""
+  setting = pc.FULL
+  endpoint = {pc.PRIMARY_TARGET, *pc.PRIMARY_REFERENCES}
+  for ds in setting.datasets:
+    grid = [g[1:] for g in pc.stage2_grid(setting, [ds])]
+    methods = setting.methods_by_dataset[ds]
+    assert sorted(grid) == sorted((n, m, s) for n in setting.noises for m in methods
+                                  for s in setting.seeds)
+    n_end = len(endpoint & set(methods))
+    head = grid[:n_end * len(setting.seeds)]
+    assert {n for n, _, _ in head} == {pc.PRIMARY_NOISE}
+    assert {m for _, m, _ in head} == endpoint & set(methods)
+    assert [s for _, _, s in head] == [s for s in setting.seeds for _ in range(n_end)]
+    first_other_noise = next(i for i, g in enumerate(grid) if g[0] != pc.PRIMARY_NOISE)
+    assert first_other_noise == len(methods) * len(setting.seeds)
+
+
 def test_primary_endpoint_cells_come_first(monkeypatch):
   """A sitting starts with the primary endpoint: its methods' tuning at the highest noise,
   the length, then its paired stage-2 cells, before any other method's cell."""
