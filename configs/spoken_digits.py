@@ -8,10 +8,10 @@ Data:      built offline on first use with espeak-ng (`make data` installs it): 
            16 kHz; test voices and variants are never heard in training. This is
            synthesised speech, not human recordings.
 Model:     the audio CNN, widths (16, 32, 64), on 40-band log-mels with a 20 ms hop
-           (51 x 40 per clip; a ten-word vocabulary needs no finer). A training step
-           takes a quarter of the time it takes on speech_commands' 64 bands at 10 ms
-           (`python benchmarks/audio_step_bench.py`: 0.86-0.88 s against 3.5-3.6 s for
-           128 clips x 2 views on 2 CPU cores).
+           (51 x 40 per clip; a ten-word vocabulary needs no finer), a fraction of the
+           step cost of speech_commands' 64 bands at 10 ms: measured by
+           `python benchmarks/audio_step_bench.py --write=benchmarks/AUDIO_STEP_RESULTS.md`
+           (the table is in that file).
 Hardware:  2 CPU cores (float32) or one accelerator.
 Time:      not measured yet; `:runlocal` takes seconds.
 Expected:  no figure is typed here: a run writes WORKDIR/results.json and report.md, and

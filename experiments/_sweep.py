@@ -15,6 +15,11 @@ Usage::
   record = cache.get_or_run("stage2/mnist5k/noise0.4/supcon/seed0", config, extract)
   # None: not finished and the budget does not allow running it now.
 
+Several processes may work through one sweep side by side (e.g. one per core, each pinned
+with `taskset`): a process claims a cell before training it (OUT/runs/<key>-<hash>.claim,
+created atomically) and the others pass over a cell that a live process holds. A claim left by
+a process that died is taken over, and its cell resumes from the last checkpoint.
+
 Statistics: `mean_std` (mean and sample sd over seeds) and `paired_difference` (mean of the
 per-seed differences with a two-sided t confidence interval).
 """
@@ -29,6 +34,7 @@ import math
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -123,6 +129,19 @@ def config_hash(config) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+def _process_alive(holder: Mapping[str, Any]) -> bool:
+  """Whether the process that wrote a claim still runs (one on another host counts as alive)."""
+  if holder.get("host") != socket.gethostname():
+    return True
+  try:
+    os.kill(int(holder["pid"]), 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, KeyError, TypeError, ValueError):
+    return True
+  return True
+
+
 def _write_json(path: str, obj: Any) -> None:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path + ".tmp", "w") as f:
@@ -175,6 +194,32 @@ class CellCache:
   def workdir(self, key: str, chash: str) -> str:
     return os.path.join(self.out, "runs", f"{key}-{chash}")
 
+  def claim_path(self, key: str, chash: str) -> str:
+    return self.workdir(key, chash) + ".claim"
+
+  def _claim(self, key: str, chash: str) -> bool:
+    """Claims the cell for this process; False when another live process holds it."""
+    path = self.claim_path(key, chash)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+      try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      except FileExistsError:
+        try:
+          with open(path) as f:
+            holder = json.load(f)
+        except (OSError, ValueError):
+          return False  # being written by its holder right now
+        if holder == me or not _process_alive(holder):
+          os.remove(path)  # ours already, or left by a process that is gone
+          continue
+        return False
+      with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+      return True
+    return False
+
   def lookup(self, key: str, config) -> Optional[Dict[str, Any]]:
     """The stored record of `key` if it was made with this exact config, else None."""
     path = self.cell_path(key)
@@ -213,16 +258,27 @@ class CellCache:
       self.stale += 1  # made with another config: train again
     if not self.budget.allows():
       return None
-    load = load_average()
-    res, ran = run_cell(config, self.workdir(key, chash), hooks=hooks, done=done)
-    self.budget.cells_run += 1
-    record = dict(extract(res), status=res.get("status", "ok"),
-                  wall_seconds=res.get("wall_seconds"), config_hash=chash,
-                  load_average_at_start=load, trained_now=ran)
-    _write_json(self.cell_path(key), {"key": key, "config_hash": chash,
-                                      "config": json.loads(json.dumps(
-                                          config.to_dict(), default=str)),
-                                      "record": record})
+    if not self._claim(key, chash):
+      self.log(f"  {key}: held by another live process ({self.claim_path(key, chash)}), "
+               "passed over")
+      return None
+    try:
+      record = self.lookup(key, config)  # finished while we were getting here
+      if record is not None:
+        self.reused += 1
+        return dict(record, reused=True)
+      load = load_average()
+      res, ran = run_cell(config, self.workdir(key, chash), hooks=hooks, done=done)
+      self.budget.cells_run += 1
+      record = dict(extract(res), status=res.get("status", "ok"),
+                    wall_seconds=res.get("wall_seconds"), config_hash=chash,
+                    load_average_at_start=load, trained_now=ran)
+      _write_json(self.cell_path(key), {"key": key, "config_hash": chash,
+                                        "config": json.loads(json.dumps(
+                                            config.to_dict(), default=str)),
+                                        "record": record})
+    finally:
+      os.remove(self.claim_path(key, chash))
     self.log(f"  ran {key}: {record['status']} ({record['wall_seconds'] or 0:.1f} s)")
     return dict(record, reused=False)
 

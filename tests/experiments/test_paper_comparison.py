@@ -3,6 +3,7 @@ statistics, stage-1 selection and cell cache on their own."""
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 
@@ -253,6 +254,35 @@ def test_cell_cache_retrains_a_changed_config(tmp_path, monkeypatch):
   assert cache.stale == 1 and len(calls) == 2 and calls[0] != calls[1]
   # The budget (2 new cells) is spent: an unfinished cell is not trained.
   assert cache.get_or_run("a/c", c1, extract) is None and len(calls) == 2
+
+
+def test_cell_cache_passes_over_a_cell_another_live_process_holds(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_run(config, workdir, hooks=(), done=None):
+    del hooks, done
+    calls.append(workdir)
+    assert os.path.exists(workdir + ".claim")  # held while it trains
+    return {"status": "ok", "linear_probe_accuracy": config.lr, "wall_seconds": 0.0}, True
+
+  monkeypatch.setattr(_sweep, "run_cell", fake_run)
+  cache = _sweep.CellCache(str(tmp_path), log=lambda s: None)
+  extract = lambda r: {"linear_probe_accuracy": r["linear_probe_accuracy"]}
+  config = ml_collections.ConfigDict({"lr": 0.1})
+  claim = cache.claim_path("a/b", _sweep.config_hash(config))
+  os.makedirs(os.path.dirname(claim))
+  other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    with open(claim, "w") as f:
+      json.dump({"host": socket.gethostname(), "pid": other.pid}, f)
+    assert cache.get_or_run("a/b", config, extract) is None and not calls
+  finally:
+    other.kill()
+    other.wait()
+  # Its holder is gone: the claim is taken over, the cell trained, the claim released.
+  assert cache.get_or_run("a/b", config, extract)["linear_probe_accuracy"] == 0.1
+  assert len(calls) == 1 and not os.path.exists(claim)
+  assert cache.get_or_run("a/b", config, extract)["reused"] and len(calls) == 1
 
 
 def test_stage2_waits_for_stage1(monkeypatch):
