@@ -9,10 +9,9 @@ Data:      built offline on first use with espeak-ng (`make data` installs it): 
            synthesised speech, not human recordings.
 Model:     the audio CNN, widths (16, 32, 64), on 40-band log-mels with a 20 ms hop
            (51 x 40 per clip; a ten-word vocabulary needs no finer), a fraction of the
-           step cost of speech_commands' 64 bands at 10 ms; to measure it (on an idle
-           machine) run
-           `python benchmarks/audio_step_bench.py --write=benchmarks/AUDIO_STEP_RESULTS.md`,
-           which appends the table, command, date and load to that file.
+           step cost of speech_commands' 64 bands at 10 ms: the measured tables are in
+           benchmarks/AUDIO_STEP_RESULTS.md, appended (with command, date and load) by
+           `python benchmarks/audio_step_bench.py --write=benchmarks/AUDIO_STEP_RESULTS.md`.
 Hardware:  2 CPU cores (float32) or one accelerator.
 Time:      not measured yet; `:runlocal` takes seconds.
 Expected:  no figure is typed here: a run writes WORKDIR/results.json and report.md, and
