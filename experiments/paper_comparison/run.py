@@ -382,7 +382,8 @@ def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
     cache: the cell cache.
     setting: grids.
     dataset: dataset name.
-    planned: the keys of every cell this stage needs are appended (for done/planned).
+    planned: the key of every distinct cell this stage needs is appended once (for
+      done/planned).
     methods: tune only these (default: all of the dataset's); "complete" then refers to
       them.
     noises: tune only at these of `setting.tune_noises_of(dataset)` (default: all).
@@ -400,7 +401,8 @@ def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
     full_hp = dict(hp, **({"num_epochs": epochs} if epochs else {}))
     key = (f"stage1/{dataset}/noise{noise:g}/{hp_name(method, full_hp)}/"
            f"seed{setting.tune_seed}")
-    planned.append(key)
+    if key not in planned:  # a reused cell (beta 1 after the temperature step) counts once
+      planned.append(key)
     config = build_config(setting, dataset, hp_overrides(method, hp, base_lr), noise,
                           setting.tune_seed, eval_split="validation", num_epochs=epochs)
     rec = cache.get_or_run(key, config, cell_record)

@@ -206,6 +206,7 @@ def test_stage1_selection(monkeypatch):
   assert all(k.startswith("stage1/mnist5k/") and k.endswith("/seed100") for k in planned)
   # The default-valued steps reuse a cell: beta 1 after the temperature step, etc.
   assert "stage1/mnist5k/noise0.4/projnce_centroid_t0.2/seed100" in planned
+  assert len(planned) == len(set(planned))  # a reused cell is planned (and counted) once
   assert not any("_b1_" in k or k.endswith("_b1/seed100") for k in planned)
 
 
