@@ -81,8 +81,8 @@ def _validate(z, labels, *, temperature, positive, negative, num_classes, params
   _check_projection(negative, "negative", proj_lib.NEGATIVES)
   if impl not in sample_lib.IMPLS:
     raise ValueError(f"Unknown impl {impl!r}; expected one of {list(sample_lib.IMPLS)}.")
-  if impl == "ring" and axis_name is None:
-    raise ValueError("impl='ring' passes keys between devices and needs axis_name (run the "
+  if impl in ("ring", "fused_ring") and axis_name is None:
+    raise ValueError(f"impl={impl!r} passes keys between devices and needs axis_name (run the "
                      "loss inside shard_map or pmap over that axis).")
   if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
     raise ValueError(f"block_size must be a positive int or None, got {block_size!r}.")
@@ -427,7 +427,7 @@ def _instance_terms(z, q, valid, num_views, inv_tau, *, impl, block_size, axis_n
   q_ids = offset + slots
   block = _class_block(n, b * (1 if axis_name is None else jax.lax.axis_size(axis_name)),
                        block_size)
-  if impl == "ring":
+  if impl in ("ring", "fused_ring"):
     lse = _class_lse(q, q_ids, pos_score * inv_tau, own_count, means, ids, counts,
                      block=min(block, b), axis_name=axis_name, ring=True)
   else:

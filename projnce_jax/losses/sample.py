@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from projnce_jax.losses._common import compute_dtype, masked_logsumexp, to_varying
 
-IMPLS = ("dense", "blockwise", "ring")
+IMPLS = ("dense", "blockwise", "ring", "fused", "fused_ring")
 
 # Score-block budget for the automatic block size: n * block <= 2**22 entries (16 MiB f32).
 _BLOCK_BUDGET = 1 << 22
@@ -398,14 +398,20 @@ def all_pairs_lse(z: jax.Array, ids: jax.Array, valid: jax.Array, inv_tau, *,
     ids: [n] int global row ids (unique across devices).
     valid: [n] bool, rows that take part.
     inv_tau: 1 / temperature (scalar, may be traced).
-    impl: "dense", "blockwise" or "ring" (ring needs `axis_name`).
-    block_size: key block for blockwise/ring; None picks one (`auto_block_size`).
+    impl: "dense", "blockwise", "ring" (needs `axis_name`), "fused" (the Pallas kernel of
+      `projnce_jax.losses.fused`: rows against themselves on one device, against the
+      all-gathered keys across devices) or "fused_ring" (the fused kernel at each ring
+      step; needs `axis_name`).
+    block_size: key block for blockwise/ring; None picks one (`auto_block_size`). The fused
+      kernels take their tiles from `fused.BLOCKS` and ignore it.
     axis_name: the data-parallel axis, or None on one device.
 
   Returns:
     [n] log-sum-exp per local anchor (>= float32); -inf where an anchor has no other
     valid row.
   """
+  if impl in ("fused", "fused_ring"):
+    return _fused_lse(z, ids, valid, inv_tau, ring=impl == "fused_ring", axis_name=axis_name)
   if axis_name is None and impl in ("dense", "blockwise"):
     block = block_size or auto_block_size(z.shape[0], z.shape[0], _SELF_BLOCK_BUDGET)
     return self_stream_lse(z, ids, valid, inv_tau, block)
@@ -418,3 +424,19 @@ def all_pairs_lse(z: jax.Array, ids: jax.Array, valid: jax.Array, inv_tau, *,
     return dense_lse(q, k, ids, k_ids, k_valid)
   block = block_size or auto_block_size(z.shape[0], k.shape[0])
   return stream_lse(q, ids, k, k_ids, k_valid, None, block, axis_name)
+
+
+def _fused_lse(z, ids, valid, inv_tau, *, ring, axis_name):
+  """`all_pairs_lse` through the fused Pallas kernels (`projnce_jax.losses.fused`)."""
+  from projnce_jax.losses import fused  # pylint: disable=g-import-not-at-top
+  acc = compute_dtype(z.dtype)
+  ids = ids.astype(jnp.int32)
+  kids = fused.key_ids(ids, valid)
+  if axis_name is None:
+    # Both sides scaled by sqrt(1 / tau): x_i . x_j = z_i . z_j / tau, symmetric.
+    x = (z.astype(acc) * jnp.sqrt(jnp.asarray(inv_tau, acc))).astype(z.dtype)
+    return fused.self_lse(x, ids, kids)
+  q = (z.astype(acc) * inv_tau).astype(z.dtype)
+  if ring:
+    return fused.ring_lse(q, z, ids, kids, axis_name)
+  return fused.cross_lse(q, _gather(z, axis_name), ids, _gather(kids, axis_name))
