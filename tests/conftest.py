@@ -52,5 +52,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def x64():
   """Runs a test with 64-bit floats enabled (float64 references)."""
-  with jax.enable_x64(True):
+  if hasattr(jax, "enable_x64"):
+    enable = jax.enable_x64
+  else:  # JAX < 0.8
+    from jax.experimental import enable_x64 as enable  # pylint: disable=g-import-not-at-top
+  with enable(True):
     yield

@@ -66,7 +66,9 @@ def to_varying(x, axis_name: Optional[str]):
     if axis_name in vma:
       return leaf
     try:
-      return jax.lax.pcast(leaf, axis_name, to="varying")
+      if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(leaf, axis_name, to="varying")
+      return jax.lax.pvary(leaf, axis_name)  # JAX < 0.8
     except (ValueError, NameError, TypeError):
       # Already varying, or outside shard_map (pmap, no vma tracking): nothing to cast.
       return leaf

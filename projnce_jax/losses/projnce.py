@@ -240,9 +240,11 @@ def projnce(z: jax.Array, labels: jax.Array, *, temperature=0.1,
   """The ProjNCE loss for a batch of embeddings with class labels (spec section 3).
 
   Memory: the class-level terms stream over blocks of class slots and never hold an
-  [n, K] or [n, N] matrix, with or without `num_classes`; only `impl='dense'` holds the
-  [n, N] all-pairs block of the `sample` negative. `blockwise` and `ring` need
-  O(n * block + N * d) per device.
+  [n, K] or [n, N] matrix, with or without `num_classes`. The all-pairs block of the
+  `sample` negative is held as [n, N] only by `impl='dense'` across devices (axis_name
+  set); on one device `dense` and `blockwise` run the symmetric streamed kernel in
+  [n, block] tiles. `blockwise` and `ring` need O(n * block + N * d) per device; `fused`
+  and `fused_ring` keep each score tile on chip (O(N * d) memory).
 
   Args:
     z: [n, d] embeddings of the local rows (with V views per example, the views are
@@ -263,7 +265,10 @@ def projnce(z: jax.Array, labels: jax.Array, *, temperature=0.1,
     params: parameters of the 'mlp' projection (`init_mlp_params`).
     axis_name: data-parallel axis (inside shard_map/pmap): local anchors contrast against
       the global batch; the returned loss and aux are global and equal on every device.
-    impl: 'dense', 'blockwise' or 'ring' (the all-pairs 'sample' term only).
+    impl: the all-pairs 'sample' term's implementation: 'dense', 'blockwise', 'ring'
+      (XLA), 'fused' or 'fused_ring' (the Pallas kernel of `projnce_jax.losses.fused`:
+      compiled through Triton on GPU and Mosaic on TPU, Pallas interpret mode on CPU, where
+      it is for tests, not speed; not yet measured on a GPU/TPU, so opt-in).
     block_size: key block for 'blockwise'/'ring', and class slots per block of the
       class-level terms (None: automatic, from the static shapes).
     normalize: L2-normalise z inside the loss (idempotent).

@@ -196,8 +196,9 @@ def test_sharded_equals_one_device(x64, impl, num_devices):
 
 
 def test_bfloat16_within_stated_bounds():
-  """bf16 inputs, f32 accumulation: within 2e-2 of float32 dense in loss (|loss| ~ 5) and
-  in gradient (relative to the largest gradient entry); float32 input within 1e-4."""
+  """bf16 inputs, f32 accumulation: the loss within 1e-3 of float32 dense (relative; seen
+  3e-5) and the gradient within 2e-2 of its largest entry (seen 0.8-1.2%, XLA's bf16 path
+  0.7%); float32 input within 1e-5 / 1e-4."""
   rng = np.random.default_rng(6)
   z = jnp.asarray(rng.standard_normal((96, 32)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 6, 96))
@@ -209,7 +210,7 @@ def test_bfloat16_within_stated_bounds():
   np.testing.assert_allclose(np.asarray(g_f), np.asarray(g32), atol=1e-4 * np.abs(g32).max())
   loss_b, g_b = fn("fused", jnp.bfloat16)
   scale = float(np.abs(g32).max())
-  assert abs(float(loss_b) - float(loss32)) < 2e-2 * abs(float(loss32))
+  assert abs(float(loss_b) - float(loss32)) < 1e-3 * abs(float(loss32))
   assert float(np.abs(np.asarray(g_b, np.float32) - g32).max()) < 2e-2 * scale
 
 
