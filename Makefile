@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.projnce_installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: help venv test demo demo-fresh demo-local demo-local-fresh bench bench-loss clean data
+.PHONY: help venv test check-core demo demo-table demo-fresh demo-local demo-local-fresh bench bench-loss clean data
 
 help:
 	@echo "make test   - install into .venv (if needed) and run the test suite"
+	@echo "make check-core - build wheel + sdist, install the core (jax, numpy) in a clean venv, run the README snippet"
 	@echo "make demo   - ProjNCE vs SupCon vs cross-entropy on MNIST-5k (CPU, ~7 min) -> runs/demo"
 	@echo "              (an interrupted demo resumes; make demo-fresh starts it over)"
 	@echo "make bench  - train-step benchmark (ProjNCE vs cross-entropy) -> benchmarks/TRAIN_RESULTS.md"
@@ -18,7 +19,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[train,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -26,10 +27,19 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope tests
 
+# A clean venv with the wheel's core dependencies only, running the README's loss snippet.
+check-core:
+	bash scripts/check_core_install.sh
+
 # Resumes an interrupted demo (main.py resumes from the workdir's checkpoints; a finished
 # demo is evaluated again without training). The -fresh targets delete it and start over.
 demo: $(STAMP)
 	$(BIN)/python main.py --config=configs/demo.py --workdir=runs/demo
+
+# The README's demo table from the last `make demo` run; its results.json is kept as the
+# tracked docs/demo/results.json (runs/ is never tracked).
+demo-table: $(STAMP)
+	$(BIN)/python scripts/demo_table.py runs/demo --keep docs/demo/results.json --load "$$(uptime)"
 
 demo-fresh: $(STAMP)
 	rm -rf runs/demo

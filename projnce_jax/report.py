@@ -11,6 +11,9 @@ Comparison (WORKDIR):   report.md (table of all runs), curves.png, tsne.png
 Example:
   >>> print(results_table([{"name": "supcon", "linear_probe_accuracy": 0.97, ...}]))
 """
+from projnce_jax._extras import require as _require
+
+_require("projnce_jax.report", "matplotlib", "sklearn")
 import os
 from typing import Any, Dict, List, Optional, Sequence
 

@@ -2,6 +2,10 @@
 
 Usage:
   python scripts/demo_table.py runs/demo [--readme README.md] [--load "$(uptime)"]
+      [--keep docs/demo/results.json]
+
+`make demo` writes only under runs/ (untracked). `--keep` copies the run's results.json to a
+tracked file (`make demo-table` uses docs/demo/results.json) and the table cites that copy.
 
 The table goes between the lines `<!-- demo-table:begin -->` and `<!-- demo-table:end -->`
 of the README (everything else is left as it is); its caption names the results file,
@@ -14,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -88,11 +93,17 @@ def main(argv=None) -> int:
   parser.add_argument("--load", default=None,
                       help="load average during the run, e.g. the output of `uptime`")
   parser.add_argument("--machine", default=None, help="default: this machine")
+  parser.add_argument("--keep", default=None,
+                      help="copy results.json here (a tracked file) and cite the copy")
   args = parser.parse_args(argv)
   path = os.path.join(args.workdir, "results.json")
   with open(path) as f:
     results = json.load(f)
   written = datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc)
+  if args.keep:
+    os.makedirs(os.path.dirname(os.path.abspath(args.keep)), exist_ok=True)
+    shutil.copyfile(path, args.keep)
+    path = args.keep
   source = f"{path}, written {written:%Y-%m-%d %H:%M} UTC"
   block = demo_table(results, source=source, machine=args.machine or machine_description(),
                      load=args.load)

@@ -1,6 +1,5 @@
 """Test set-up: 8 fake CPU devices, configured before jax is imported."""
 import os
-import tempfile
 
 _flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 # The suite compiles several hundred small programs and runs each a few times: LLVM's
@@ -17,8 +16,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # start (main.py, experiment scripts, the notebook's kernel): every program compiled once
 # is loaded after, the sub-second ones too (at level 0 most compile in under a second, and
 # each of these processes would otherwise compile them again).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    tempfile.gettempdir(), f"projnce_jax_test_xla_cache_{getattr(os, 'getuid', lambda: 0)()}"))
+# The cache lives inside this checkout (.cache/ is git-ignored), never shared with another
+# checkout whose code may differ.
+TEST_CACHE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              ".cache", "xla-tests")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", TEST_CACHE_DIR)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

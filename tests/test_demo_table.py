@@ -52,3 +52,30 @@ def test_heldout_bound_column_and_missing_markers(tmp_path):
                         capture_output=True, text=True)
   assert proc.returncode != 0 and "demo-table:begin" in proc.stderr
   assert readme.read_text() == "no markers\n"
+
+
+def test_keep_copies_the_results_and_cites_the_copy(tmp_path):
+  work = _results(tmp_path)
+  readme = tmp_path / "README.md"
+  readme.write_text("<!-- demo-table:begin -->\n<!-- demo-table:end -->\n")
+  kept = tmp_path / "docs" / "demo" / "results.json"
+  subprocess.run([sys.executable, SCRIPT, str(work), "--readme", str(readme), "--keep",
+                  str(kept)], check=True, capture_output=True)
+  assert kept.read_text() == (work / "results.json").read_text()
+  assert str(kept) in readme.read_text()
+
+
+def test_make_demo_outputs_are_untracked():
+  """`make demo` writes only under runs/, which git ignores and tracks nothing of."""
+  if not os.path.isdir(os.path.join(ROOT, ".git")):
+    pytest.skip("not a git checkout")
+  tracked = subprocess.run(["git", "ls-files", "runs"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout
+  assert tracked == ""
+  ignored = subprocess.run(["git", "check-ignore", "runs/demo/results.json",
+                            "runs/demo/report.md"], cwd=ROOT, capture_output=True, text=True)
+  assert ignored.returncode == 0 and len(ignored.stdout.split()) == 2
+  with open(os.path.join(ROOT, "Makefile")) as f:
+    makefile = f.read()
+  demo = makefile.split("\ndemo: ")[1].split("\n\n")[0]
+  assert "--workdir=runs/demo" in demo and "README" not in demo

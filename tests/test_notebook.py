@@ -66,23 +66,27 @@ def test_committed_notebook_is_executed_with_plots():
   assert images, "the committed notebook shows its t-SNE plot"
 
 
-def test_one_install_setting_drives_pip(monkeypatch):
-  """The first code cell installs from INSTALL_FROM, and only when the import fails."""
+def test_one_install_setting_drives_pip(monkeypatch, tmp_path):
+  """The first code cell installs only when the import fails: the enclosing checkout with
+  its [train] extra when there is one, else INSTALL_FROM with the [train] extra."""
   nb = nbformat.read(NOTEBOOK, as_version=4)
   source = next(c for c in nb.cells if c.cell_type == "code").source
   settings = re.findall(r"^INSTALL_FROM = (.+)$", source, flags=re.M)
   assert len(settings) == 1 and not re.search(r"<[a-z]+>", source)
-  calls = []
-  monkeypatch.setattr(subprocess, "check_call", calls.append)
   import importlib.util  # pylint: disable=g-import-not-at-top
   real_find_spec = importlib.util.find_spec
-  for missing in (True, False):
+  for where, missing in ((os.path.join(ROOT, "notebooks"), True), (str(tmp_path), True),
+                         (str(tmp_path), False)):
+    calls = []
+    monkeypatch.setattr(subprocess, "check_call", calls.append)
+    monkeypatch.chdir(where)
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if missing and name == "projnce_jax"
+                        lambda name, *a, m=missing: None if m and name == "projnce_jax"
                         else real_find_spec(name, *a))
     namespace = {}
     exec(compile(source, "cell1", "exec"), namespace)  # pylint: disable=exec-used
-    if missing:
-      assert calls == [[namespace["sys"].executable, "-m", "pip", "install", "-q",
-                        namespace["INSTALL_FROM"]]]
-  assert len(calls) == 1   # importable: nothing installed
+    if not missing:
+      assert calls == []  # importable: nothing installed
+      continue
+    want = (ROOT if where != str(tmp_path) else namespace["INSTALL_FROM"]) + "[train]"
+    assert calls == [[namespace["sys"].executable, "-m", "pip", "install", "-q", want]]

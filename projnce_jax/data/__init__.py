@@ -10,6 +10,9 @@ Example::
   s = data.make_splits("mnist5k", val_fraction=0.1)     # train 3,600 / validation 400 / test
   views = data.augment_images(key, batch["image"])      # float32 [256, 2, 28, 28, 1]
 """
+from projnce_jax._extras import require as _require
+
+_require("projnce_jax.data", "tensorflow_datasets", "grain", "array_record", "dm_pix", "sklearn")
 
 from projnce_jax.data.augment import audio_features
 from projnce_jax.data.augment import augment_audio

@@ -11,7 +11,6 @@ from projnce_jax.losses.checks import checked
 from projnce_jax.losses.cross_entropy import cross_entropy
 from projnce_jax.losses.dispersion import dispersion_control
 from projnce_jax.losses.projections import CLASS_TABLE
-from projnce_jax.losses.projections import ClassEmbeddingMLP
 from projnce_jax.losses.projections import DATA_DEPENDENT
 from projnce_jax.losses.projections import MLP_INITS
 from projnce_jax.losses.projections import NEGATIVES
@@ -34,3 +33,12 @@ __all__ = [
     "dispersion_control", "infonce", "init_mlp_params", "mean_offdiagonal_cosine",
     "mlp_table", "normalize", "orthogonal_table", "projnce", "simplex_table", "supcon",
 ]
+
+
+def __getattr__(name):
+  # `ClassEmbeddingMLP` is a flax module (flax comes with the `[train]` extra); the losses
+  # themselves use the plain-JAX `init_mlp_params` / `mlp_table`.
+  if name == "ClassEmbeddingMLP":
+    from projnce_jax.losses import projections  # pylint: disable=g-import-not-at-top
+    return projections.ClassEmbeddingMLP
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

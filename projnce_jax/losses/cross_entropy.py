@@ -5,7 +5,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from projnce_jax.losses._common import compute_dtype
 
@@ -43,9 +42,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Ar
     if lo < 0 or hi >= num_classes:
       raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}].")
   logits = logits.astype(compute_dtype(logits.dtype))
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes, dtype=logits.dtype),
-                                label_smoothing)
-  per_row = optax.softmax_cross_entropy(logits, targets)
+  # optax.smooth_labels and optax.softmax_cross_entropy, inline (optax is not a core
+  # dependency): targets (1 - s) onehot + s / M, loss -sum targets * log_softmax(logits).
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+  targets = (1.0 - label_smoothing) * onehot + label_smoothing / num_classes
+  per_row = -jnp.sum(targets * jax.nn.log_softmax(logits, axis=1), axis=1)
   correct = (jnp.argmax(logits, axis=1) == labels).astype(logits.dtype)
   w = jnp.ones_like(per_row) if mask is None else jnp.asarray(mask, logits.dtype)
   sums = jnp.stack([jnp.sum(per_row * w), jnp.sum(correct * w), jnp.sum(w)])

@@ -17,9 +17,9 @@ the rows of its own class, stream over blocks of rows (`kernel_own_sums`).
 """
 
 import functools
+import hashlib
 from typing import Any, NamedTuple, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -277,8 +277,29 @@ def simplex_table(num_classes: int, dim: int, seed: int = ORTHOGONAL_SEED) -> np
   return c / np.linalg.norm(c, axis=1, keepdims=True)
 
 
-class ClassEmbeddingMLP(nn.Module):
-  """The learnable `mlp` projection: g(c) = normalise(centre(MLP(onehot(c)))).
+def _flax_fold_in(key: jax.Array, *data) -> jax.Array:
+  """flax's `LazyRng` derivation of a parameter key: fold in the first 4 bytes of the SHA-1
+  of the path (strings as UTF-8, ints big-endian), so `init_mlp_params` gives the values
+  `ClassEmbeddingMLP(...).init(key)` gives, with or without flax installed (tested)."""
+  digest = hashlib.sha1()
+  for x in data:
+    digest.update(x.encode("utf-8") if isinstance(x, str)
+                  else x.to_bytes((x.bit_length() + 7) // 8, byteorder="big"))
+  return jax.random.fold_in(key, jnp.uint32(int.from_bytes(digest.digest()[:4], "big")))
+
+
+def _mlp_forward(params, num_classes: int, center: bool) -> jax.Array:
+  """normalise(centre(relu(onehot W1 + b1) W2 + b2)): the `mlp` projection's table."""
+  onehot = jnp.eye(num_classes, dtype=jnp.float32)
+  hidden = params["hidden"]
+  h = jax.nn.relu(jnp.dot(onehot, hidden["kernel"]) + hidden["bias"])  # [M, M] x [M, H]
+  table = jnp.dot(h, params["out"]["kernel"]) + params["out"]["bias"]   # [M, H] x [H, d]
+  if center and num_classes > 1:
+    table = table - jnp.mean(table, axis=0, keepdims=True)
+  return normalize(table)
+
+
+_CLASS_EMBEDDING_DOC = '''The learnable `mlp` projection: g(c) = normalise(centre(MLP(onehot(c)))).
 
   The MLP's [M, d] output table is centred over the classes (its class mean is
   subtracted) before each row is normalised. Without the centring the table collapses:
@@ -295,27 +316,49 @@ class ClassEmbeddingMLP(nn.Module):
   50, centred + simplex 88.8 %, `centroid` 92.0 %. Centring alone is kept: the best result,
   no extra hyper-parameter, and the only fix that rules the collapse out by construction.
 
+  The losses use the plain-JAX `init_mlp_params` / `mlp_table` (same parameters, same
+  values); this flax module (needs flax, the `[train]` extra) is the same MLP for use
+  inside flax models.
+
   Attributes:
     num_classes: M.
     dim: output dimension d (the embedding dimension).
     hidden: width of the hidden layer.
     center: subtract the class mean of the table before normalising (default True;
       False only reproduces the collapsing variant for measurements).
-  """
-  num_classes: int
-  dim: int
-  hidden: int = 256
-  center: bool = True
+  '''
 
-  @nn.compact
-  def __call__(self) -> jax.Array:
-    """Returns the [num_classes, dim] table of unit class vectors."""
-    onehot = jnp.eye(self.num_classes, dtype=jnp.float32)
-    h = nn.relu(nn.Dense(self.hidden, name="hidden")(onehot))  # [M, M] x [M, H] -> [M, H]
-    table = nn.Dense(self.dim, name="out")(h)                  # [M, H] x [H, d] -> [M, d]
-    if self.center and self.num_classes > 1:
-      table = table - jnp.mean(table, axis=0, keepdims=True)
-    return normalize(table)
+
+@functools.lru_cache(maxsize=None)
+def _class_embedding_mlp():
+  """The flax module, built on first use (flax is not a core dependency)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class ClassEmbeddingMLP(nn.Module):  # pylint: disable=missing-class-docstring
+    num_classes: int
+    dim: int
+    hidden: int = 256
+    center: bool = True
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+      """Returns the [num_classes, dim] table of unit class vectors."""
+      onehot = jnp.eye(self.num_classes, dtype=jnp.float32)
+      h = nn.relu(nn.Dense(self.hidden, name="hidden")(onehot))  # [M, M] x [M, H] -> [M, H]
+      table = nn.Dense(self.dim, name="out")(h)                  # [M, H] x [H, d] -> [M, d]
+      if self.center and self.num_classes > 1:
+        table = table - jnp.mean(table, axis=0, keepdims=True)
+      return normalize(table)
+
+  ClassEmbeddingMLP.__doc__ = _CLASS_EMBEDDING_DOC
+  ClassEmbeddingMLP.__module__ = __name__
+  return ClassEmbeddingMLP
+
+
+def __getattr__(name):
+  if name == "ClassEmbeddingMLP":
+    return _class_embedding_mlp()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def init_mlp_params(key: jax.Array, *, num_classes: int, dim: int, hidden: int = 256,
@@ -327,7 +370,9 @@ def init_mlp_params(key: jax.Array, *, num_classes: int, dim: int, hidden: int =
     num_classes: M.
     dim: d.
     hidden: hidden width H.
-    init: "random" (flax's default initialisers) or "simplex": the hidden layer maps
+    init: "random" (flax.linen.Dense's initialisers: LeCun-normal kernels, zero biases,
+      the keys flax would derive, so the values equal `ClassEmbeddingMLP(...).init(key)`)
+      or "simplex": the hidden layer maps
       onehot(c) to e_c (needs H >= M), the output layer's first M rows are the simplex
       table (`simplex_table`, needs d >= M) and the biases are zero, so the initial table
       is the regular simplex; the remaining output rows keep their random values.
@@ -341,8 +386,13 @@ def init_mlp_params(key: jax.Array, *, num_classes: int, dim: int, hidden: int =
   """
   if init not in MLP_INITS:
     raise ValueError(f"unknown mlp init {init!r}; expected one of {MLP_INITS}")
-  module = ClassEmbeddingMLP(num_classes=num_classes, dim=dim, hidden=hidden)
-  params = module.init(key)["params"]
+  lecun = jax.nn.initializers.lecun_normal()  # flax.linen.Dense's default kernel init
+  params = {
+      "hidden": {"kernel": lecun(_flax_fold_in(key, "hidden", 1), (num_classes, hidden)),
+                 "bias": jnp.zeros((hidden,), jnp.float32)},
+      "out": {"kernel": lecun(_flax_fold_in(key, "out", 1), (hidden, dim)),
+              "bias": jnp.zeros((dim,), jnp.float32)},
+  }
   if init == "simplex":
     if hidden < num_classes:
       raise ValueError(f"init='simplex' needs hidden >= num_classes, got hidden={hidden} < "
@@ -363,7 +413,8 @@ def mlp_table(params, num_classes: int, *, center: bool = True) -> jax.Array:
   Args:
     params: from `init_mlp_params` (or trained).
     num_classes: M.
-    center: see `ClassEmbeddingMLP.center`.
+    center: subtract the class mean of the table before normalising (see
+      `ClassEmbeddingMLP`; False only reproduces the collapsing variant).
 
   Example:
     >>> table = mlp_table(init_mlp_params(key, num_classes=10, dim=128), 10)  # [10, 128]
@@ -377,8 +428,7 @@ def mlp_table(params, num_classes: int, *, center: bool = True) -> jax.Array:
   if in_dim != num_classes:
     raise ValueError(f"mlp params were built for {in_dim} classes, but num_classes="
                      f"{num_classes}.")
-  module = ClassEmbeddingMLP(num_classes=num_classes, dim=dim, hidden=hidden, center=center)
-  return module.apply({"params": params})
+  return _mlp_forward(params, num_classes, center)
 
 
 def mean_offdiagonal_cosine(table: jax.Array) -> jax.Array:

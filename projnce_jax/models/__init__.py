@@ -5,6 +5,9 @@ Example:
   >>> model = pjm.create_model("small_cnn", num_classes=10, dtype="float32")
   >>> variables = model.init(key, jnp.zeros([2, 28, 28, 1]), train=False)
 """
+from projnce_jax._extras import require as _require
+
+_require("projnce_jax.models", "flax")
 from projnce_jax.models.audio import AudioCNN
 from projnce_jax.models.cnn import SmallCNN
 from projnce_jax.models.heads import ContrastiveModel

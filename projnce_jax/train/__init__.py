@@ -4,6 +4,9 @@ Example:
   >>> from projnce_jax import train
   >>> results = train.run(config, "/tmp/run")   # pretrain -> probe/kNN -> report
 """
+from projnce_jax._extras import require as _require
+
+_require("projnce_jax.train", "flax", "optax", "orbax.checkpoint", "ml_collections", "absl", "tensorboardX", "tqdm")
 from projnce_jax.train.checkpoint import Checkpointer
 from projnce_jax.train.config import apply_overrides
 from projnce_jax.train.config import base_config
