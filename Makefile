@@ -4,8 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.projnce_installed
 PYTEST_WORKERS ?= 2
+# Every install goes through the lock (pinned versions of the whole environment, made on
+# CPython 3.11 x86_64 Linux); `make test CONSTRAINTS=` installs without it.
+CONSTRAINTS ?= requirements/constraints.txt
+PIP_CONSTRAINT_ARGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: help venv test check-core demo demo-table demo-fresh demo-local demo-local-fresh bench bench-loss clean data
+.PHONY: help venv lock test check-core demo demo-table demo-fresh demo-local demo-local-fresh bench bench-loss clean data
 
 help:
 	@echo "make test   - install into .venv (if needed) and run the test suite"
@@ -13,14 +17,25 @@ help:
 	@echo "make demo   - ProjNCE vs SupCon vs cross-entropy on MNIST-5k (CPU, ~7 min) -> runs/demo"
 	@echo "              (an interrupted demo resumes; make demo-fresh starts it over)"
 	@echo "make bench  - train-step benchmark (ProjNCE vs cross-entropy) -> benchmarks/TRAIN_RESULTS.md"
+	@echo "make lock   - regenerate requirements/constraints.txt (the pinned environment)"
 	@echo "make data   - install Fashion-MNIST and espeak-ng (Debian/Ubuntu apt; root or sudo)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[train,test]'
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/pip install $(PIP_CONSTRAINT_ARGS) -e '.[train,test]'
 	touch $(STAMP)
+
+# Regenerates the lock from a fresh venv with the newest versions setup.cfg allows.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install '.[train,test]'
+	{ echo "# The full environment of make test / make demo / CI: pip install -c requirements/constraints.txt"; \
+	  echo "# -e '.[train,test]'. Regenerate with make lock (CPython $$(.lock-venv/bin/python -c 'import platform; print(platform.python_version(), platform.machine())'), $$(date +%Y-%m-%d))."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^projnce'; } > requirements/constraints.txt
+	rm -rf .lock-venv
 
 venv: $(STAMP)
 

@@ -36,3 +36,26 @@ def test_compilation_cache_is_inside_this_checkout_and_ignored():
   if os.path.isdir(os.path.join(ROOT, ".git")):
     probe = os.path.relpath(os.path.join(cache, "entry"), ROOT)
     assert subprocess.run(["git", "check-ignore", "-q", probe], cwd=ROOT).returncode == 0
+
+
+def test_lock_pins_every_requirement_within_setup_cfg():
+  """requirements/constraints.txt pins each dependency of the core, train and test sets to
+  a version that setup.cfg admits, and the make targets install through it."""
+  from packaging.requirements import Requirement  # pylint: disable=g-import-not-at-top
+  from packaging.utils import canonicalize_name  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(ROOT, "requirements", "constraints.txt")) as f:
+    pins = dict(line.strip().split("==") for line in f
+                if line.strip() and not line.startswith("#"))
+  pins = {canonicalize_name(k): v for k, v in pins.items()}
+  cfg = configparser.ConfigParser()
+  cfg.read(os.path.join(ROOT, "setup.cfg"))
+  reqs = cfg["options"]["install_requires"].split("\n")
+  extras = cfg["options.extras_require"]
+  reqs += extras["train"].split("\n") + extras["test"].split("\n")
+  for line in filter(None, (r.strip() for r in reqs)):
+    req = Requirement(line)
+    name = canonicalize_name(req.name)
+    assert name in pins, f"{req.name} is not in the lock"
+    assert req.specifier.contains(pins[name], prereleases=True), (line, pins[name])
+  with open(os.path.join(ROOT, "Makefile")) as f:
+    assert "CONSTRAINTS ?= requirements/constraints.txt" in f.read()
