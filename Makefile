@@ -9,10 +9,11 @@ PYTEST_WORKERS ?= 2
 CONSTRAINTS ?= requirements/constraints.txt
 PIP_CONSTRAINT_ARGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: help venv lock test check-core demo demo-table demo-fresh demo-local demo-local-fresh bench bench-loss clean data
+.PHONY: help venv lock test docs check-core demo demo-table demo-fresh demo-local demo-local-fresh bench bench-loss clean data
 
 help:
 	@echo "make test   - install into .venv (if needed) and run the test suite"
+	@echo "make docs   - build the documentation site (docs/ + API reference) into .cache/site, strict"
 	@echo "make check-core - build wheel + sdist, install the core (jax, numpy) in a clean venv, run the README snippet"
 	@echo "make demo   - ProjNCE vs SupCon vs cross-entropy on MNIST-5k (CPU, ~7 min) -> runs/demo"
 	@echo "              (an interrupted demo resumes; make demo-fresh starts it over)"
@@ -41,6 +42,15 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope tests
+
+# The documentation site (docs/, API reference from the docstrings) with warnings as errors.
+DOCS_STAMP := $(VENV)/.projnce_docs_installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install $(PIP_CONSTRAINT_ARGS) -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
 
 # A clean venv with the wheel's core dependencies only, running the README's loss snippet.
 check-core:

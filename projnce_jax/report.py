@@ -9,7 +9,9 @@ Per run (WORKDIR):      report.md, curves.png, tsne.png, tsne.npz
 Comparison (WORKDIR):   report.md (table of all runs), curves.png, tsne.png
 
 Example:
-  >>> print(results_table([{"name": "supcon", "linear_probe_accuracy": 0.97, ...}]))
+  >>> table = results_table([{"name": "supcon", "linear_probe_accuracy": 0.97}])
+  >>> "| supcon |" in table
+  True
 """
 from projnce_jax._extras import require as _require
 

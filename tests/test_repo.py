@@ -51,7 +51,7 @@ def test_lock_pins_every_requirement_within_setup_cfg():
   cfg.read(os.path.join(ROOT, "setup.cfg"))
   reqs = cfg["options"]["install_requires"].split("\n")
   extras = cfg["options.extras_require"]
-  reqs += extras["train"].split("\n") + extras["test"].split("\n")
+  reqs += extras["train"].split("\n") + extras["test"].split("\n") + extras["docs"].split("\n")
   for line in filter(None, (r.strip() for r in reqs)):
     req = Requirement(line)
     name = canonicalize_name(req.name)

@@ -77,8 +77,9 @@ def normalize_images(images: jax.Array, *, mean=None, std=None) -> jax.Array:
 
   Args:
     images: uint8 [B, H, W, C] (or float in [0, 1]).
-    mean, std: per-channel (or scalar) statistics of [0, 1] pixels; default
-      0.5 and 0.5, which maps pixels to [-1, 1].
+    mean: per-channel (or scalar) mean of [0, 1] pixels; default 0.5.
+    std: per-channel (or scalar) standard deviation; default 0.5 (with the
+      default mean, pixels map to [-1, 1]).
 
   Returns:
     float32 [B, H, W, C].
@@ -245,11 +246,14 @@ def augment_images(
     flip_prob: probability of a horizontal flip per view, in [0, 1]; 0 never
       mirrors a view.
     jitter_prob: probability of colour jitter per view.
-    brightness, contrast, saturation: jitter strengths s in [0, 1]; the factor
-      is uniform in [1 - s, 1 + s] (saturation: RGB only).
+    brightness: jitter strength s in [0, 1]; the factor is uniform in
+      [1 - s, 1 + s].
+    contrast: as `brightness`, for contrast.
+    saturation: as `brightness`, for saturation (RGB only).
     hue: hue shift strength in [0, 0.5] turns (RGB only).
     gray_prob: probability of grayscale per view (RGB only).
-    mean, std: normalisation, as in ``normalize_images``.
+    mean: normalisation mean, as in ``normalize_images``.
+    std: normalisation standard deviation, as in ``normalize_images``.
 
   Returns:
     float32 [B, V, h, w, C].

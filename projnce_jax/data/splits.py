@@ -206,7 +206,8 @@ def make_splits(name: str, *, val_fraction: float = 0.1, split_seed: int = 0,
     label_noise: label-noise rate in [0, 1) for the training and validation labels.
     label_noise_kind: "symmetric" or "asymmetric".
     noise_seed: seed of the label noise.
-    data_dir, in_memory: as for ``load_split``.
+    data_dir: as for ``load_split``.
+    in_memory: as for ``load_split``.
 
   Returns:
     A ``Splits``.

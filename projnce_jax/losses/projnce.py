@@ -453,9 +453,12 @@ def supcon(z: jax.Array, labels: jax.Array, *, temperature=0.1,
   anchors without a positive are left out (never NaN). The aux dict still reports the
   adjustment and the full MI bound.
 
+  The keyword arguments (temperature, num_classes, axis_name, impl, block_size,
+  normalize, mask) are those of `projnce`.
+
   Args:
-    z: [n, d] embeddings (views as rows); labels: [n] int.
-    temperature, num_classes, axis_name, impl, block_size, normalize, mask: as `projnce`.
+    z: [n, d] embeddings (views as rows).
+    labels: [n] int class labels.
 
   Returns:
     (loss, aux) as `projnce`.
@@ -481,8 +484,10 @@ def infonce(z_views: jax.Array, *, temperature=0.1, axis_name: Optional[str] = N
   Args:
     z_views: [b, V, d] local examples with V >= 2 views each. Instance ids are made
       globally unique across devices (device offset + local index).
-    temperature, axis_name, impl, block_size, normalize: as `projnce`.
     mask: optional [b] bool validity of the examples.
+
+  The other keyword arguments (temperature, axis_name, impl, block_size, normalize) are
+  those of `projnce`.
 
   Returns:
     (loss, aux) as `projnce`. With V = 2 the loss is NT-Xent:

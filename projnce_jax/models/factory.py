@@ -70,8 +70,11 @@ def create_model(name: str, *, num_classes: int = 0, proj_dim: int = 128,
   """Encoder + projection head (proj_dim > 0) + classifier (num_classes > 0).
 
   Example:
-    >>> model = create_model("resnet18", proj_dim=128)
-    >>> out = model.apply(variables, images, train=False)  # out["z"]: [b, 128]
+    >>> model = create_model("small_cnn", proj_dim=128)
+    >>> images = jnp.zeros([2, 28, 28, 1])
+    >>> variables = model.init(jax.random.key(0), images, train=False)
+    >>> model.apply(variables, images, train=False)["z"].shape
+    (2, 128)
   """
   encoder = create_encoder(name, dtype=dtype, bn_axis_name=bn_axis_name, widths=widths,
                            width=width, extra_convs=extra_convs)

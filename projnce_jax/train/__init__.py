@@ -2,7 +2,10 @@
 
 Example:
   >>> from projnce_jax import train
-  >>> results = train.run(config, "/tmp/run")   # pretrain -> probe/kNN -> report
+  >>> results = train.run(config, workdir)   # doctest: +SKIP
+
+`run` pretrains, probes (linear, kNN) and writes the report: minutes, so the example is
+not run here (tests/train/test_trainer.py runs it).
 """
 from projnce_jax._extras import require as _require
 

@@ -103,8 +103,13 @@ class Checkpointer:
 
   Example:
     >>> ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=3)
-    >>> ckpt.save(100, state, loader.get_state())
+    >>> state = {"params": jnp.ones(3)}       # a TrainState in the trainer
+    >>> ckpt.save(100, state, {"next_index": 256})   # the data loader's state
+    True
+    >>> ckpt.wait()
     >>> state, data_state = ckpt.restore(ckpt.latest_step(), state)
+    >>> data_state
+    {'next_index': 256}
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):

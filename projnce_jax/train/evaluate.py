@@ -47,7 +47,8 @@ def extract_features(feature_fn, params, batch_stats, batches: Iterable[Dict[str
 
   Args:
     feature_fn: from `make_feature_fn`.
-    params, batch_stats: model variables.
+    params: model parameters.
+    batch_stats: BatchNorm statistics.
     batches: iterator of host batches with "mask", "label", "index" (with several
       processes: this process's rows of each global batch; every process must yield the
       same number of batches).

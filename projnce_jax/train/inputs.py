@@ -143,7 +143,8 @@ def make_train_inputs(kind: str, *, num_views: int, sample_rate: int = 16000,
   [frames, mels, 1].
 
   Args:
-    kind: "image" (batch["image"] uint8 [b, h, w, c]) or "audio" (batch["audio"] [b, t]).
+    kind: "image" (batch["image"], uint8 [b, h, w, c]) or "audio" (batch["audio"], float
+      [b, t]).
     num_views: augmented views per example (V).
     sample_rate: audio sample rate.
     augment_kwargs: extra keyword arguments for the augmentation function (see

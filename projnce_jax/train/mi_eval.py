@@ -21,7 +21,7 @@ with its standard error.
 Example:
   >>> out = heldout_mi_bound(z, labels, method="projnce", loss_kwargs=config.loss,
   ...                        num_classes=10, batch_size=512, max_examples=2048)
-  >>> out["heldout_mi_bound"], out["heldout_mi_bound_se"]
+  >>> bound, standard_error = out["heldout_mi_bound"], out["heldout_mi_bound_se"]
 """
 import math
 from typing import Any, Dict, Mapping, Optional

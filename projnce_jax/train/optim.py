@@ -46,7 +46,8 @@ def make_optimizer(name: str, schedule: Schedule, *, weight_decay: float = 0.0,
     momentum: SGD/LARS momentum.
     nesterov: Nesterov momentum for SGD/LARS.
     trust_coefficient: LARS eta.
-    b1, b2: AdamW moments.
+    b1: AdamW first-moment decay.
+    b2: AdamW second-moment decay.
     grad_clip_norm: optional global-norm clipping applied first.
 
   Returns:

@@ -312,7 +312,7 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
 
   Returns:
     {"state": final TrainState, "last_record": last logged metrics,
-     "train_seconds": wall time of this invocation's steps}.
+    "train_seconds": wall time of this invocation's steps}.
 
   Raises:
     FloatingPointError: the loss or gradients of a step (counted on the device), the logged
@@ -537,8 +537,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence[Hook
     Single run: its results. Several runs: {"runs": [results...]} (also written to
     WORKDIR/results.json with a comparison report.md).
 
-  Raises:
-    See `train_and_evaluate` and `train`.
+  Errors are those of `train_and_evaluate` and `train`.
   """
   validate_config(config)
   check_workdir(workdir, min_free_mb=config.min_free_disk_mb)
