@@ -61,6 +61,7 @@ from projnce_jax.train.validate import check_rerun
 from projnce_jax.train.validate import check_workdir
 from projnce_jax.train.validate import validate_config
 from projnce_jax.train.validate import validate_run
+from projnce_jax.train import writers as writers_lib
 from projnce_jax.train.writers import MetricWriter
 from projnce_jax.train.writers import read_metrics
 from projnce_jax.train.writers import write_text_atomic
@@ -523,6 +524,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   }
   if _is_main_process():
     write_json(os.path.join(workdir, "results.json"), results)
+    writers_lib.write_final_tensorboard(workdir, results, config.to_dict(), exp.total_steps)
     report_lib.write_run_report(workdir, results, ev["test_features"], config=config)
   return results
 

@@ -1,5 +1,9 @@
 """Metric writers: JSON lines (always), TensorBoard (tensorboardX).
 
+Why not a library's writer: `clu.metric_writers` would bring TensorFlow or a second
+TensorBoard stack; tensorboardX writes the event files alone and the JSON-lines file
+below needs the set-aside-on-resume rule no writer library has.
+
 Durability: records are appended and flushed one per line, and `sync()` (called at every
 checkpoint) fsyncs them, so a checkpoint never refers to metrics that could still be lost.
 Nothing is ever deleted: on resume, records written after the restored step and a torn
@@ -175,3 +179,46 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+# Results written to TensorBoard at the end of a run (the scalars of results.json).
+FINAL_METRICS = ("linear_probe_accuracy", "knn_accuracy", "linear_probe_accuracy_clean_labels",
+                 "knn_accuracy_clean_labels", "heldout_mi_bound", "heldout_mi_bound_se",
+                 "online_probe_accuracy", "train_seconds")
+
+
+def _hparam_value(v: Any):
+  if isinstance(v, bool) or isinstance(v, (int, float, str)):
+    return v
+  return None if v is None else str(v)
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+  """{"a.b": value} for a nested config; values TensorBoard's hparams accept (lists as
+  strings, None dropped)."""
+  flat = {}
+  for k, v in config.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      flat.update(flatten_config(v, key + "."))
+    else:
+      value = _hparam_value(v)
+      if value is not None:
+        flat[key] = value
+  return flat
+
+
+def write_final_tensorboard(workdir: str, results: Mapping[str, Any],
+                            config: Mapping[str, Any], step: int) -> None:
+  """Adds the run's final metrics (`final/<name>` at `step`) and its config as hparams
+  (WORKDIR/tensorboard/hparams, the final metrics as the hparams' metrics)."""
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  metrics = {f"final/{k}": float(results[k]) for k in FINAL_METRICS
+             if isinstance(results.get(k), (int, float)) and math.isfinite(results[k])}
+  tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+  try:
+    for k, v in metrics.items():
+      tb.add_scalar(k, v, step)
+    tb.add_hparams(flatten_config(config), metrics, name="hparams", global_step=step)
+  finally:
+    tb.close()

@@ -136,3 +136,39 @@ def test_noisy_labels_also_probe_on_clean_labels(tiny_config, tmp_path):
   clean = trainer.evaluate(trainer.Experiment(tiny_config(num_steps=4)), state)
   assert clean["probe_train_labels"] == "clean"
   assert "linear_probe_accuracy_clean_labels" not in clean
+
+
+def _tensorboard_scalars(folder):
+  """{tag: [(step, value)]} from the event files in `folder` (TFRecord framing)."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name in sorted(os.listdir(folder)):
+    if "tfevents" not in name:
+      continue
+    with open(os.path.join(folder, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        if value.HasField("simple_value"):
+          out.setdefault(value.tag, []).append((event.step, value.simple_value))
+        else:
+          out.setdefault(value.tag, [])
+  return out
+
+
+def test_tensorboard_gets_the_final_results_and_hparams(tiny_config, tmp_path):
+  config = tiny_config(num_steps=20, batch_size=64, log_every=10, checkpoint_every=20,
+                       linear_probe={"epochs": 2})
+  results = train_and_evaluate(config, str(tmp_path))
+  scalars = _tensorboard_scalars(str(tmp_path / "tensorboard"))
+  for key in ("linear_probe_accuracy", "knn_accuracy", "heldout_mi_bound"):
+    assert scalars[f"final/{key}"] == [(20, pytest.approx(results[key], rel=1e-6))], key
+  assert [s for s, _ in scalars["loss"]] == [10, 20]
+  assert os.listdir(tmp_path / "tensorboard" / "hparams")
+  hparams = _tensorboard_scalars(str(tmp_path / "tensorboard" / "hparams"))
+  assert "_hparams_/experiment" in hparams and "_hparams_/session_start_info" in hparams
