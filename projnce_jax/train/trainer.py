@@ -22,6 +22,7 @@ writes config.json, metrics, results and the report. A SIGTERM to any one proces
 every process at the same step (`multihost_utils.reached_preemption_sync_point`), after
 one checkpoint of that step.
 """
+import contextlib
 import json
 import math
 import os
@@ -407,13 +408,47 @@ def _save(ckpt: Checkpointer, step: int, state, loader, writer: MetricWriter) ->
   ckpt.save(step, state, loader.get_state())
 
 
-def evaluate(exp: Experiment, state) -> Dict[str, Any]:
+class EvalProgress:
+  """One progress line for the evaluation phases (features, probe, kNN, MI, report).
+
+  Used as `with progress("linear probe"): ...`; each phase shows while it runs and its
+  time is logged when it ends. Silent when disabled (config.progress False, or not
+  process 0).
+  """
+
+  def __init__(self, desc: str, total: int, enabled: bool = True):
+    self._bar = tqdm.tqdm(total=total, desc=f"{desc}: evaluation", dynamic_ncols=True,
+                          disable=not enabled, unit="phase")
+
+  @contextlib.contextmanager
+  def __call__(self, phase: str):
+    self._bar.set_postfix_str(phase)
+    start = time.perf_counter()
+    yield
+    self._bar.update(1)
+    logging.info("evaluation: %s took %.1f s", phase, time.perf_counter() - start)
+
+  def close(self) -> None:
+    self._bar.set_postfix_str("done")
+    self._bar.close()
+
+
+def _no_progress(phase: str):  # pylint: disable=unused-argument
+  return contextlib.nullcontext()
+
+
+def evaluate(exp: Experiment, state, progress=_no_progress) -> Dict[str, Any]:
   """Frozen-feature linear probe and kNN on the eval split (`config.eval_split`).
 
   The probe and kNN are fitted on the training labels the run trained with (noisy under
   label noise). Under label noise they are also fitted on the clean training labels
   ("..._clean_labels" keys), scored on the same eval labels; the eval features carry the
   split's clean labels as "clean_label" (the held-out MI bound reads them).
+
+  Args:
+    exp: the experiment.
+    state: the trained TrainState.
+    progress: `EvalProgress` (or any callable returning a context manager per phase).
 
   Returns:
     {"linear_probe_accuracy", "linear_probe_train_accuracy", "linear_probe_curve",
@@ -425,36 +460,41 @@ def evaluate(exp: Experiment, state) -> Dict[str, Any]:
   feature_fn = eval_lib.make_feature_fn(exp.model, exp.eval_inputs)
   params, batch_stats = state.params["model"], state.batch_stats
   put = exp.put if exp.mesh is not None else None
-  train = eval_lib.extract_features(feature_fn, params, batch_stats,
-                                    exp.eval_loader(exp.train_source, exp.label_fn), put=put)
-  test = eval_lib.extract_features(feature_fn, params, batch_stats,   # config.eval_split
-                                   exp.eval_loader(exp.eval_source, exp.eval_label_fn),
-                                   put=put)
+  with progress("features of the training split"):
+    train = eval_lib.extract_features(feature_fn, params, batch_stats,
+                                      exp.eval_loader(exp.train_source, exp.label_fn),
+                                      put=put)
+  with progress(f"features of the {config.eval_split} split"):
+    test = eval_lib.extract_features(feature_fn, params, batch_stats,
+                                     exp.eval_loader(exp.eval_source, exp.eval_label_fn),
+                                     put=put)
   splits = exp.data.splits
   noisy = splits.label_noise > 0
   if noisy:  # clean labels by position in each split's source
     train["clean_label"] = splits.clean_labels["train"][train["index"]]
     test["clean_label"] = splits.clean_labels[config.eval_split][test["index"]]
 
-  def probe_and_knn(train_labels):
+  def probe_and_knn(train_labels, which):
     lp = config.linear_probe
-    probe = eval_lib.linear_probe(
-        train["features"], train_labels, test["features"], test["label"],
-        num_classes=exp.num_classes, epochs=lp.epochs, batch_size=lp.batch_size, lr=lp.lr,
-        weight_decay=lp.weight_decay, seed=config.seed)
-    knn = eval_lib.knn_accuracy(train["features"], train_labels, test["features"],
-                                test["label"], num_classes=exp.num_classes, k=config.knn.k,
-                                temperature=config.knn.temperature)
+    with progress(f"linear probe ({lp.epochs} epochs, {which} labels)"):
+      probe = eval_lib.linear_probe(
+          train["features"], train_labels, test["features"], test["label"],
+          num_classes=exp.num_classes, epochs=lp.epochs, batch_size=lp.batch_size,
+          lr=lp.lr, weight_decay=lp.weight_decay, seed=config.seed)
+    with progress(f"kNN (k = {config.knn.k}, {which} labels)"):
+      knn = eval_lib.knn_accuracy(train["features"], train_labels, test["features"],
+                                  test["label"], num_classes=exp.num_classes,
+                                  k=config.knn.k, temperature=config.knn.temperature)
     return probe, knn
 
-  probe, knn = probe_and_knn(train["label"])
+  probe, knn = probe_and_knn(train["label"], "noisy" if noisy else "training")
   out = {"linear_probe_accuracy": probe["test_accuracy"],
          "linear_probe_train_accuracy": probe["train_accuracy"],
          "linear_probe_curve": probe["test_accuracy_curve"],
          "knn_accuracy": knn, "probe_train_labels": "noisy" if noisy else "clean",
          "test_features": test}
   if noisy:
-    clean_probe, clean_knn = probe_and_knn(train["clean_label"])
+    clean_probe, clean_knn = probe_and_knn(train["clean_label"], "clean")
     out["linear_probe_accuracy_clean_labels"] = clean_probe["test_accuracy"]
     out["knn_accuracy_clean_labels"] = clean_knn
   return out
@@ -490,10 +530,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                       config.to_json_best_effort(indent=2) + "\n")
   exp = Experiment(config)
   out = train(exp, workdir, hooks=hooks, desc=name or config.method)
-  ev = evaluate(exp, out["state"])
+  phases = 6 + (2 if config.dataset.label_noise > 0 else 0)
+  progress = EvalProgress(name or config.method, phases,
+                          enabled=config.progress and _is_main_process())
+  ev = evaluate(exp, out["state"], progress)
   # Held-out MI bound: eval split, clean labels, one view per example, trained critic fixed.
-  heldout = mi_eval.from_config(config, ev["test_features"],
-                                out["state"].params.get("projection"), exp.num_classes)
+  with progress("held-out MI bound"):
+    heldout = mi_eval.from_config(config, ev["test_features"],
+                                  out["state"].params.get("projection"), exp.num_classes)
   last = out["last_record"]
   results = {
       "name": name or config.method,
@@ -522,10 +566,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       "train_seconds": out["train_seconds"],
       "linear_probe_curve": ev["linear_probe_curve"],
   }
-  if _is_main_process():
-    write_json(os.path.join(workdir, "results.json"), results)
-    writers_lib.write_final_tensorboard(workdir, results, config.to_dict(), exp.total_steps)
-    report_lib.write_run_report(workdir, results, ev["test_features"], config=config)
+  with progress("results, TensorBoard and report (t-SNE)"):
+    if _is_main_process():
+      write_json(os.path.join(workdir, "results.json"), results)
+      writers_lib.write_final_tensorboard(workdir, results, config.to_dict(),
+                                          exp.total_steps)
+      report_lib.write_run_report(workdir, results, ev["test_features"], config=config)
+  progress.close()
   return results
 
 

@@ -57,9 +57,12 @@ def test_mnist5k(tmp_path):
   np.testing.assert_array_equal(np.bincount(y_test), [100] * 10)
 
 
-def test_prepared_once_and_env_var(tmp_path, monkeypatch):
+def test_prepared_once_and_env_var(tmp_path, monkeypatch, capfd):
   monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / "env_dir"))
   sources.load_split("mnist5k", "test")
+  printed = capfd.readouterr().out
+  assert "Preparing offline dataset mnist5k locally (no download)" in printed
+  assert "Download" not in printed
   version_dir = tmp_path / "env_dir" / "mnist5k" / "1.0.0"
   info_file = version_dir / "dataset_info.json"
   assert info_file.exists()

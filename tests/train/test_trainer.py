@@ -172,3 +172,14 @@ def test_tensorboard_gets_the_final_results_and_hparams(tiny_config, tmp_path):
   assert os.listdir(tmp_path / "tensorboard" / "hparams")
   hparams = _tensorboard_scalars(str(tmp_path / "tensorboard" / "hparams"))
   assert "_hparams_/experiment" in hparams and "_hparams_/session_start_info" in hparams
+
+
+def test_evaluation_shows_each_phase(tiny_config, tmp_path, capfd):
+  config = tiny_config(num_steps=10, batch_size=64, log_every=10, checkpoint_every=10,
+                       linear_probe={"epochs": 2}, progress=True)
+  train_and_evaluate(config, str(tmp_path))
+  err = capfd.readouterr().err
+  for phase in ("features of the training split", "linear probe (2 epochs", "kNN (k =",
+                "held-out MI bound", "report (t-SNE)"):
+    assert phase in err, phase
+  assert "evaluation: 100%" in err
