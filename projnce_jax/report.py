@@ -78,9 +78,18 @@ def tsne_2d(x: np.ndarray, *, max_points: int = 1000, seed: int = 0):
   return emb.astype(np.float32), idx
 
 
-def _scatter(ax, emb, labels, title):
-  ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "tab20",
-             s=4, alpha=0.8)
+def _scatter(ax, emb, labels, title, legend=True):
+  """A t-SNE panel, one colour per class, with a class legend beside it."""
+  labels = np.asarray(labels)
+  classes = np.unique(labels)
+  cmap = plt.get_cmap("tab10" if classes.max() < 10 else "tab20")
+  for c in classes:
+    rows = labels == c
+    ax.scatter(emb[rows, 0], emb[rows, 1], color=cmap(int(c) % cmap.N), s=4, alpha=0.8,
+               label=str(int(c)))
+  if legend:
+    ax.legend(title="class", fontsize=6, title_fontsize=7, markerscale=2.5, frameon=False,
+              loc="center left", bbox_to_anchor=(1.0, 0.5))
   ax.set_title(title, fontsize=9)
   ax.set_xticks([])
   ax.set_yticks([])
@@ -140,7 +149,7 @@ def write_run_report(workdir: str, results: Dict[str, Any],
     emb, idx = tsne_2d(test_features["features"], max_points=max_points)
     labels = test_features["label"][idx]
     np.savez(os.path.join(workdir, "tsne.npz"), embedding=emb, label=labels)
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = plt.subplots(figsize=(4.8, 4))
     _scatter(ax, emb, labels, f"{name}: test features (t-SNE)")
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "tsne.png"), dpi=110)
@@ -171,10 +180,11 @@ def write_comparison_report(workdir: str, results: Sequence[Dict[str, Any]]) -> 
   tsnes = [(n, os.path.join(workdir, n, "tsne.npz")) for n in names]
   tsnes = [(n, p) for n, p in tsnes if os.path.exists(p)]
   if tsnes:
-    fig, axes = plt.subplots(1, len(tsnes), figsize=(3.6 * len(tsnes), 3.6), squeeze=False)
-    for ax, (n, p) in zip(axes[0], tsnes):
+    fig, axes = plt.subplots(1, len(tsnes), figsize=(3.6 * len(tsnes) + 0.8, 3.6),
+                             squeeze=False)
+    for i, (ax, (n, p)) in enumerate(zip(axes[0], tsnes)):
       d = np.load(p)
-      _scatter(ax, d["embedding"], d["label"], n)
+      _scatter(ax, d["embedding"], d["label"], n, legend=i == len(tsnes) - 1)
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "tsne.png"), dpi=110)
     plt.close(fig)

@@ -61,6 +61,7 @@ def test_committed_notebook_is_executed_with_plots():
   nb = nbformat.read(NOTEBOOK, as_version=4)
   code = [c for c in nb.cells if c.cell_type == "code"]
   assert all(c.get("execution_count") for c in code), "commit the notebook executed"
+  assert all(c.execution_count == i + 1 for i, c in enumerate(code)), "run all, in order"
   assert not [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
   images = [o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
   assert images, "the committed notebook shows its t-SNE plot"
@@ -90,3 +91,19 @@ def test_one_install_setting_drives_pip(monkeypatch, tmp_path):
       continue
     want = (ROOT if where != str(tmp_path) else namespace["INSTALL_FROM"]) + "[train]"
     assert calls == [[namespace["sys"].executable, "-m", "pip", "install", "-q", want]]
+
+
+def test_committed_outputs_are_current_and_portable():
+  """No absolute path of the machine it ran on; tables and aux keys the code writes now."""
+  from projnce_jax import losses, report  # pylint: disable=g-import-not-at-top
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  text = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
+  paths = re.findall(r"(?<![\w.~])/(?:tmp|work|home|root|Users|var|private|opt|mnt)/\S*", text)
+  assert not paths, paths
+  assert not re.search(r"[A-Z]:\\\\", text)
+  header = report.results_table([]).split("\n")[0]
+  tables = [l for l in text.split("\n") if l.startswith("| run |")]
+  assert tables and all(l == header for l in tables), (tables, header)
+  aux_lines = [l for l in text.split("\n") if re.search(r"\bloss = ", l)]
+  names = set(re.findall(r"(\w+) = -?[0-9]", "\n".join(aux_lines))) - {"loss"}
+  assert names and names <= set(losses.AUX_KEYS), names - set(losses.AUX_KEYS)

@@ -31,6 +31,7 @@ from projnce_jax.data.sources import DatasetNotPreparedError
 from projnce_jax.data.sources import get_info
 from projnce_jax.data.sources import list_datasets
 from projnce_jax.data.sources import load_split
+from projnce_jax.data.sources import prepare_offline
 from projnce_jax.data.sources import resolve_data_dir
 from projnce_jax.data.sources import source_labels
 from projnce_jax.data.sources import to_memory
@@ -53,6 +54,7 @@ __all__ = [
     "log_mel",
     "make_loader",
     "make_splits",
+    "prepare_offline",
     "mel_filterbank",
     "noisy_label_fn",
     "normalize_images",
