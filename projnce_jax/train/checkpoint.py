@@ -13,6 +13,10 @@ transient I/O error, out of memory, a state of another shape) stops with
 
 With several processes every process takes part in saving and restoring (orbax
 coordinates them); process 0 writes manifests and moves checkpoints aside.
+
+Why a manifest of our own: orbax verifies neither sizes nor checksums of a committed
+checkpoint on restore (its commit record says a save finished, not that the bytes are
+intact); CRC-32 from the standard library (zlib) is enough to detect damage, not tampering.
 """
 import json
 import os

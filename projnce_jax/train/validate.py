@@ -11,6 +11,10 @@ rerun's config with the one kept beside the workdir's checkpoints: fields in
 `RESUME_SAFE_KEYS` may change (logged), any other difference is refused before anything
 is touched.
 
+Why hand-written: ml_collections' `lock()` catches unknown keys and type changes only; the
+ranges, names and cross-field rules above are this trainer's own, and a schema library
+(pydantic, jsonschema) would need the whole config restated beside `base_config()`.
+
 Example:
   >>> validate_config(config)          # ValueError / TypeError / KeyError on a bad field
   >>> check_workdir("/tmp/run", min_free_mb=64)
