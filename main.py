@@ -19,7 +19,15 @@ processes, to any one of them) every process saves one checkpoint at the end of 
 step and exits with status 143; rerunning the command resumes from it.
 Outputs in WORKDIR: config.json, metrics.jsonl, tensorboard/, checkpoints/, results.json,
 report.md (+ plots).
+
+Errors a user can fix (a config field, a mistyped --config.* key, a refused rerun, a
+workdir in use, not writable or full, a checkpoint that cannot be restored) print one line
+on stderr and exit with status 2 (config and usage) or 1 (the others); --verbose (or
+PROJNCE_VERBOSE=1) shows the traceback instead.
 """
+import difflib
+import importlib.util
+import os
 import sys
 
 from absl import app
@@ -45,7 +53,19 @@ flags.DEFINE_bool("distributed", False,
                   "Join a multi-process run with jax.distributed.initialize()'s cluster "
                   "auto-detection (Cloud TPU, SLURM, Open MPI); the three flags above, "
                   "when given, override what it detects.")
+flags.DEFINE_bool("verbose", False, "Show the traceback of an error a user can fix.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+USAGE_EXIT_CODE, ERROR_EXIT_CODE = 2, 1
+
+
+def _verbose(argv) -> bool:
+  return os.environ.get("PROJNCE_VERBOSE") == "1" or "--verbose" in argv
+
+
+def _fail(message: str, code: int) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
 
 
 def main(argv):
@@ -63,11 +83,60 @@ def main(argv):
   except train.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr, flush=True)
     sys.exit(PREEMPTED_EXIT_CODE)
+  except train.ConfigError as e:
+    if FLAGS.verbose or _verbose(sys.argv):
+      raise
+    _fail(str(e), USAGE_EXIT_CODE)
+  except (train.WorkdirLockedError, train.WorkdirError, train.CheckpointRestoreError) as e:
+    if FLAGS.verbose or _verbose(sys.argv):
+      raise
+    _fail(str(e), ERROR_EXIT_CODE)
   if jax.process_index() == 0:
     rows = results["runs"] if "runs" in results else [results]
     print("\n" + report.results_table(rows) + "\n")
     print(f"results: {FLAGS.workdir}/results.json, report: {FLAGS.workdir}/report.md")
 
 
+def _override_error(argv) -> str | None:
+  """For a --config.a.b=... override naming no field: the full path, the block's nearest
+  valid keys (the config file is loaded again to list them); None when all resolve."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_config_for_error", path)
+  if module_spec is None:
+    return None
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  for a in argv:
+    if not a.startswith("--config.") or "=" not in a:
+      continue
+    keys = a[len("--config."):].split("=", 1)[0].split(".")
+    node = config
+    for i, key in enumerate(keys):
+      if hasattr(node, "keys") and key in node.keys():
+        node = node[key]
+        continue
+      where = ".".join(keys[:i]) or "the config"
+      valid = sorted(node.keys()) if hasattr(node, "keys") else []
+      close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+      hint = (f"; did you mean {' or '.join(repr('.'.join(keys[:i] + [c])) for c in close)}?"
+              if close else f"; {where} has: {', '.join(valid)}" if valid else
+              f"; {where} is a value, not a block of fields")
+      return f"unknown config key {'.'.join(keys)!r} in {a.split('=', 1)[0]}{hint}"
+  return None
+
+
 if __name__ == "__main__":
-  app.run(main)
+  try:
+    app.run(main)
+  except (AttributeError, KeyError) as e:   # raised while applying --config.* overrides
+    try:
+      message = _override_error(sys.argv)
+    except Exception:  # pylint: disable=broad-except
+      message = None
+    if message is None or _verbose(sys.argv):
+      raise
+    _fail(message, USAGE_EXIT_CODE)

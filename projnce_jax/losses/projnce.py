@@ -28,7 +28,8 @@ from projnce_jax.losses._common import compute_dtype, masked_logsumexp, to_varyi
 from projnce_jax.losses._common import normalize as l2_normalize
 
 Projection = Union[str, jax.Array, np.ndarray]
-AUX_KEYS = ("infonce_term", "adjustment", "mi_lower_bound", "num_anchors", "positive_score")
+AUX_KEYS = ("infonce_term", "adjustment", "mi_lower_bound", "num_anchors", "positive_score",
+            "num_invalid_labels")
 # Class-level LSE: up to this many class slots in one block; otherwise blocks of _CLASS_BLOCK
 # slots (empty blocks skipped).
 _CLASS_DENSE_SLOTS = 512
@@ -279,7 +280,9 @@ def projnce(z: jax.Array, labels: jax.Array, *, temperature=0.1,
   Returns:
     (loss, aux): the scalar loss (mean over anchors whose terms are defined; 0 if none) and
     a dict of scalars: infonce_term, adjustment, mi_lower_bound
-    (= log(N - 1) - infonce_term - adjustment), num_anchors, positive_score (mean p_i tau).
+    (= log(N - 1) - infonce_term - adjustment; 0 when no anchor is left), num_anchors,
+    positive_score (mean p_i tau), num_invalid_labels (rows whose label lies outside
+    [0, num_classes) under jit: they are neither anchors nor keys; an eager call raises).
 
   Example:
     >>> z = jax.random.normal(jax.random.key(0), (256, 128))
@@ -338,6 +341,15 @@ def _projnce(z, labels, *, temperature, positive, negative, beta, num_classes, p
   zm = z.astype(mdtype)
   n = z.shape[0]
   valid = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
+  # Labels outside [0, num_classes) (possible only under jit; eager calls raise): such rows
+  # are neither anchors nor keys, and are counted in aux["num_invalid_labels"].
+  if num_classes is not None and num_views is None:
+    in_range = (labels >= 0) & (labels < num_classes)
+    num_invalid = _psum(jnp.sum((valid & ~in_range).astype(jnp.int32)), axis_name)
+    valid = valid & in_range
+    labels = jnp.where(in_range, labels, 0)
+  else:
+    num_invalid = jnp.zeros((), jnp.int32)
   inv_tau = 1.0 / jnp.asarray(temperature, dtype)
   q = (z * inv_tau).astype(mdtype)
   stop_adjustment = isinstance(beta, (int, float)) and beta == 0
@@ -400,9 +412,11 @@ def _projnce(z, labels, *, temperature, positive, negative, beta, num_classes, p
   positive_score = _psum(jnp.sum(jnp.where(defined, pos_score, zero)), axis_name) / denom
   loss = infonce_term + (0.0 if stop_adjustment else beta * adjustment)
   log_n1 = jnp.log(jnp.maximum(num_valid - 1.0, 1.0))
-  aux = dict(infonce_term=infonce_term, adjustment=adjustment,
-             mi_lower_bound=log_n1 - infonce_term - adjustment,
-             num_anchors=count.astype(jnp.int32), positive_score=positive_score)
+  # With no anchor the bound is reported as 0 (I(X;C) >= 0 always holds), not log(N-1).
+  bound = jnp.where(count > 0, log_n1 - infonce_term - adjustment, zero)
+  aux = dict(infonce_term=infonce_term, adjustment=adjustment, mi_lower_bound=bound,
+             num_anchors=count.astype(jnp.int32), positive_score=positive_score,
+             num_invalid_labels=num_invalid)
   return loss, aux
 
 

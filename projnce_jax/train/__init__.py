@@ -34,12 +34,17 @@ from projnce_jax.train.trainer import evaluate
 from projnce_jax.train.trainer import run
 from projnce_jax.train.trainer import train
 from projnce_jax.train.trainer import train_and_evaluate
+from projnce_jax.train.checkpoint import CheckpointRestoreError
 from projnce_jax.train.validate import ConfigError
+from projnce_jax.train.validate import WorkdirError
+from projnce_jax.train.workdir_lock import WorkdirLock
+from projnce_jax.train.workdir_lock import WorkdirLockedError
 from projnce_jax.train.validate import check_workdir
 from projnce_jax.train.validate import validate_config
 
 __all__ = [
-    "Checkpointer", "ConfigError", "Experiment", "METHODS", "Preempted", "TrainState",
+    "CheckpointRestoreError", "Checkpointer", "ConfigError", "Experiment", "WorkdirError",
+    "WorkdirLock", "WorkdirLockedError", "METHODS", "Preempted", "TrainState",
     "apply_overrides", "base_config", "check_workdir", "create_train_state", "decay_mask",
     "evaluate", "extract_features", "knn_accuracy",
     "knn_predict", "linear_probe", "make_eval_inputs", "make_optimizer", "make_train_inputs",

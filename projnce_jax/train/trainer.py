@@ -59,10 +59,13 @@ from projnce_jax.train.state import create_train_state
 from projnce_jax.train.state import make_tx
 from projnce_jax.train.step import make_train_step
 from projnce_jax.train.validate import check_rerun
+from projnce_jax.train.validate import ConfigError
 from projnce_jax.train.validate import check_workdir
+from projnce_jax.train.validate import latest_checkpoint_step
 from projnce_jax.train.validate import validate_config
 from projnce_jax.train.validate import validate_run
 from projnce_jax.train import writers as writers_lib
+from projnce_jax.train.workdir_lock import WorkdirLock
 from projnce_jax.train.writers import MetricWriter
 from projnce_jax.train.writers import read_metrics
 from projnce_jax.train.writers import write_text_atomic
@@ -522,13 +525,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     OSError: `workdir` is not writable or has less than `min_free_disk_mb` free.
     CheckpointRestoreError: a checkpoint cannot be restored for a reason other than
       being shown incomplete or corrupt (nothing was moved).
+    WorkdirLockedError: another run holds the workdir (nothing was read or written).
   """
+  validate_config(config)   # touches nothing: a bad config leaves the workdir as it was
+  with WorkdirLock(workdir, enabled=_is_main_process()):
+    return _train_and_evaluate(config, workdir, hooks=hooks, name=name)
+
+
+HISTORY = "settings_history.jsonl"
+
+
+def _record_settings(workdir, latest, changes, total_steps) -> None:
+  """Appends this start's resume-safe changes to WORKDIR/settings_history.jsonl (results.json
+  carries the list) and says what a new length does to the learning-rate schedule."""
+  record = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "resumed_from_step": latest, "total_steps": total_steps,
+            "changes": {k: [old, new] for k, old, new in changes}}
+  with open(os.path.join(workdir, HISTORY), "a") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  if latest is not None and {"num_steps", "num_epochs"} & set(record["changes"]):
+    logging.warning(
+        "%s: the training length changed; the warm-up + cosine learning-rate schedule is "
+        "recomputed for %d steps, so from step %d on it follows the new length and the run "
+        "differs from a fresh %d-step run (whose steps before %d used that schedule too)",
+        workdir, total_steps, latest, total_steps, latest)
+
+
+def _train_and_evaluate(config, workdir, *, hooks, name):
   validate_run(config, workdir)
-  check_rerun(config, workdir)
+  changes = check_rerun(config, workdir)
+  exp = Experiment(config)
+  latest = latest_checkpoint_step(workdir)
+  if latest is not None and exp.total_steps < latest:
+    raise ConfigError(
+        f"this run trains {exp.total_steps} steps but the newest checkpoint in {workdir} is "
+        f"at step {latest}; refusing to resume (results would describe a model trained "
+        f"longer than the config says) and nothing was changed. Set num_steps (or "
+        f"num_epochs) to at least {latest}, or use a new workdir")
   if _is_main_process():
+    _record_settings(workdir, latest, changes, exp.total_steps)
     write_text_atomic(os.path.join(workdir, "config.json"),
                       config.to_json_best_effort(indent=2) + "\n")
-  exp = Experiment(config)
   out = train(exp, workdir, hooks=hooks, desc=name or config.method)
   phases = 6 + (2 if config.dataset.label_noise > 0 else 0)
   progress = EvalProgress(name or config.method, phases,
@@ -565,6 +604,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       "examples_per_sec_per_device": last.get("examples_per_sec_per_device"),
       "train_seconds": out["train_seconds"],
       "linear_probe_curve": ev["linear_probe_curve"],
+      "settings_history": read_metrics(os.path.join(workdir, HISTORY)),
   }
   with progress("results, TensorBoard and report (t-SNE)"):
     if _is_main_process():
@@ -588,6 +628,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence[Hook
 
   Errors are those of `train_and_evaluate` and `train`.
   """
+  validate_config(config)   # touches nothing: a bad config leaves the workdir as it was
+  with WorkdirLock(workdir, enabled=_is_main_process()):
+    return _run(config, workdir, hooks=hooks)
+
+
+def _run(config, workdir, *, hooks):
   validate_config(config)
   check_workdir(workdir, min_free_mb=config.min_free_disk_mb)
   for spec in config.runs:   # every run's workdir, before any run starts

@@ -20,6 +20,7 @@ Example:
   >>> check_workdir("/tmp/run", min_free_mb=64)
   >>> check_rerun(config, "/tmp/run")  # ConfigError listing the changed fields
 """
+import difflib
 import json
 import math
 import numbers
@@ -54,6 +55,30 @@ class ConfigError(ValueError):
   """A config field has a wrong type, an out-of-range value or clashes with another."""
 
 
+class ConfigKeyError(ConfigError, KeyError):
+  """An unknown config field (also a KeyError)."""
+
+  def __str__(self) -> str:   # KeyError would quote the message
+    return str(self.args[0]) if self.args else ""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+  """A config field of the wrong type (also a TypeError)."""
+
+
+class WorkdirError(OSError):
+  """The workdir cannot be used: not writable, or too little free disk."""
+
+
+def nearest_keys(key: str, choices) -> str:
+  """"; did you mean 'x'?" for the closest names (difflib), or the valid names."""
+  choices = sorted(str(c) for c in choices)
+  close = difflib.get_close_matches(key, choices, n=3, cutoff=0.5)
+  if close:
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+  return f"; valid: {', '.join(choices)}"
+
+
 # -- field checks ------------------------------------------------------------------------
 
 
@@ -77,7 +102,7 @@ def _int(config, key: str, *, low: int, optional: bool = False) -> None:
   if v is None and optional:
     return
   if not _is_int(v):
-    raise TypeError(f"config field {key!r} must be an int, got {type(v).__name__} {v!r}")
+    raise ConfigTypeError(f"config field {key!r} must be an int, got {type(v).__name__} {v!r}")
   if v < low:
     raise ConfigError(f"config field {key!r} must be >= {low}, got {v}")
 
@@ -88,7 +113,7 @@ def _real(config, key: str, *, check: Callable[[float], bool], expect: str,
   if v is None and optional:
     return
   if not _is_real(v):
-    raise TypeError(f"config field {key!r} must be a number, got {type(v).__name__} {v!r}")
+    raise ConfigTypeError(f"config field {key!r} must be a number, got {type(v).__name__} {v!r}")
   if not math.isfinite(v) or not check(v):
     raise ConfigError(f"config field {key!r} must be {expect}, got {v}")
 
@@ -103,19 +128,20 @@ def _choice(config, key: str, choices: Iterable[str]) -> None:
 def _bool(config, key: str) -> None:
   v = _get(config, key)
   if not isinstance(v, bool):
-    raise TypeError(f"config field {key!r} must be a bool, got {type(v).__name__} {v!r}")
+    raise ConfigTypeError(f"config field {key!r} must be a bool, got {type(v).__name__} {v!r}")
 
 
 def _unknown_keys(config, schema, prefix: str = "") -> None:
   for key in config.keys():
     path = prefix + key
     if key not in schema:
-      raise KeyError(f"unknown config field {path!r} (not in base_config())")
+      raise ConfigKeyError(f"unknown config field {path!r} (not in base_config())"
+                           + nearest_keys(key, schema.keys()))
     if path in FREE_FORM:
       continue
     if isinstance(schema[key], ml_collections.ConfigDict):
       if not isinstance(config[key], (ml_collections.ConfigDict, dict)):
-        raise TypeError(f"config field {path!r} must be a block of fields, got "
+        raise ConfigTypeError(f"config field {path!r} must be a block of fields, got "
                         f"{type(config[key]).__name__}")
       _unknown_keys(config[key], schema[key], path + ".")
 
@@ -270,11 +296,11 @@ def check_workdir(workdir: str, *, min_free_mb: float = 64.0) -> None:
       os.fsync(f.fileno())
     os.remove(probe)
   except OSError as e:
-    raise OSError(f"workdir {path} is not writable: {e}") from e
+    raise WorkdirError(f"workdir {path} is not writable: {e}") from e
   free_mb = shutil.disk_usage(path).free / 2**20
   if free_mb < min_free_mb:
-    raise OSError(f"workdir {path} has only {free_mb:.1f} MiB free; at least "
-                  f"{min_free_mb:g} MiB are needed (config field 'min_free_disk_mb')")
+    raise WorkdirError(f"workdir {path} has only {free_mb:.1f} MiB free; at least "
+                       f"{min_free_mb:g} MiB are needed (config field 'min_free_disk_mb')")
 
 
 def validate_run(config: ml_collections.ConfigDict, workdir: Optional[str]) -> None:
@@ -318,13 +344,21 @@ def config_differences(saved: Mapping[str, Any], new: Mapping[str, Any]
 
 def has_checkpoints(workdir: str) -> bool:
   """Whether WORKDIR/checkpoints holds a (finished) checkpoint folder."""
+  return latest_checkpoint_step(workdir) is not None
+
+
+def latest_checkpoint_step(workdir: str) -> Optional[int]:
+  """The largest step with a folder in WORKDIR/checkpoints, or None."""
   folder = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(folder) and any(
-      name.isdigit() and os.path.isdir(os.path.join(folder, name))
-      for name in os.listdir(folder))
+  if not os.path.isdir(folder):
+    return None
+  steps = [int(name) for name in os.listdir(folder)
+           if name.isdigit() and os.path.isdir(os.path.join(folder, name))]
+  return max(steps) if steps else None
 
 
-def check_rerun(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_rerun(config: ml_collections.ConfigDict, workdir: str
+                ) -> List[Tuple[str, Any, Any]]:
   """Refuses a rerun whose config differs from the one kept with the checkpoints.
 
   When WORKDIR/checkpoints holds a checkpoint and WORKDIR/config.json the config it was
@@ -337,16 +371,19 @@ def check_rerun(config: ml_collections.ConfigDict, workdir: str) -> None:
     config: the config of the rerun (one run; `runs` entries are checked one by one).
     workdir: its workdir.
 
+  Returns:
+    The resume-safe changes, [(key, saved value, new value)] ([] for a new run).
+
   Raises:
     ConfigError: naming each differing key with the saved and the new value.
   """
   path = os.path.join(workdir, "config.json")
   if not has_checkpoints(workdir):
-    return
+    return []
   if not os.path.exists(path):
     logging.warning("%s has checkpoints but no config.json; cannot check that this config "
                     "matches them", workdir)
-    return
+    return []
   try:
     with open(path) as f:
       saved = json.load(f)
@@ -365,3 +402,4 @@ def check_rerun(config: ml_collections.ConfigDict, workdir: str) -> None:
         f"{', '.join(RESUME_SAFE_KEYS)}")
   for key, old, cur in safe:
     logging.warning("resuming %s with %s changed: %r -> %r", workdir, key, old, cur)
+  return safe

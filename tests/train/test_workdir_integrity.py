@@ -1,0 +1,126 @@
+"""One writer per workdir, refused reruns that change nothing, one-line user errors."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from projnce_jax import train
+from projnce_jax.train import workdir_lock
+from projnce_jax.train.trainer import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _snapshot(folder):
+  """{relative path: sha256} of every file under `folder`."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def test_lock_refuses_a_second_holder_and_takes_over_a_dead_one(tmp_path, caplog):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from projnce_jax.train import workdir_lock;"
+       "l = workdir_lock.WorkdirLock(sys.argv[1]).__enter__(); print('held', flush=True);"
+       "time.sleep(60)", str(tmp_path)], stdout=subprocess.PIPE, text=True,
+      env=dict(os.environ, PYTHONPATH=ROOT))
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    before = _snapshot(tmp_path)
+    with pytest.raises(workdir_lock.WorkdirLockedError, match=f"pid {holder.pid} on host"):
+      with workdir_lock.WorkdirLock(str(tmp_path)):
+        pass
+    assert _snapshot(tmp_path) == before
+  finally:
+    holder.kill()
+    holder.wait()
+  # The holder died without releasing: its record is still in the file; taken over.
+  assert str(holder.pid) in (tmp_path / ".lock").read_text()
+  with workdir_lock.WorkdirLock(str(tmp_path)):
+    record = json.loads((tmp_path / ".lock").read_text())
+    assert record["pid"] == os.getpid()
+    with workdir_lock.WorkdirLock(str(tmp_path)):   # re-entrant in one process
+      pass
+  assert "taking over the lock" in caplog.text and str(holder.pid) in caplog.text
+  assert (tmp_path / ".lock").read_text() == ""   # a clean release leaves no holder
+
+
+def _main(workdir, *extra, **popen):
+  args = [sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/digits.py:runlocal",
+          f"--workdir={workdir}", *extra]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if not f.startswith("--xla_force_host_platform_device_count"))
+  return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_two_main_processes_into_one_workdir(tmp_path, digits_dir):
+  """The second is refused within seconds, naming the first; the first's metrics appear
+  once each."""
+  workdir = tmp_path / "run"
+  data = f"--config.dataset.data_dir={digits_dir}"
+  first = _main(workdir, "--config.num_steps=40", "--config.checkpoint_every=40", data)
+  deadline = time.time() + 120
+  while not (workdir / ".lock").exists() or not (workdir / ".lock").read_text():
+    assert time.time() < deadline and first.poll() is None, first.communicate()
+    time.sleep(0.2)
+  start = time.time()
+  second = _main(workdir, "--config.num_steps=40", "--config.checkpoint_every=40", data)
+  _, err = second.communicate(timeout=120)
+  assert second.returncode == 1, err
+  assert time.time() - start < 60
+  lines = [l for l in err.strip().split("\n") if l.startswith("error:")]
+  assert len(lines) == 1 and "in use by another run" in lines[0]
+  assert f"pid {first.pid}" in lines[0]
+  out, err = first.communicate(timeout=600)
+  assert first.returncode == 0, err[-2000:]
+  steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().split("\n")
+           if l.strip()]
+  assert steps == list(range(1, 41))
+
+
+def test_one_line_errors_and_verbose(tmp_path):
+  proc = _main(tmp_path / "w", "--config.optimizer.lr=0.1")
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 2
+  assert err.strip().split("\n")[-1] == (
+      "error: unknown config key 'optimizer.lr' in --config.optimizer.lr; optimizer has: "
+      "base_lr, grad_clip_norm, momentum, name, nesterov, warmup_epochs, weight_decay")
+  assert "Traceback" not in err
+  proc = _main(tmp_path / "w", "--config.optimiser.base_lr=0.1")
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 2 and "did you mean 'optimizer'?" in err
+  proc = _main(tmp_path / "w", "--config.batch_size=-3")
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 2 and "Traceback" not in err
+  assert err.strip().split("\n")[-1] == "error: config field 'batch_size' must be >= 1, got -3"
+  assert not (tmp_path / "w").exists()   # a refused config touches nothing
+  proc = _main(tmp_path / "w", "--config.batch_size=-3", "--verbose")
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode != 0 and "Traceback" in err and "ConfigError" in err
+
+
+def test_rerun_below_the_checkpoint_is_refused_and_changes_are_recorded(tiny_config, tmp_path,
+                                                                        caplog):
+  workdir = str(tmp_path)
+  train_and_evaluate(tiny_config(num_steps=10, checkpoint_every=10), workdir)
+  before = _snapshot(workdir)
+  with pytest.raises(train.ConfigError, match="newest checkpoint .* is at step 10"):
+    train_and_evaluate(tiny_config(num_steps=6, checkpoint_every=10), workdir)
+  assert _snapshot(workdir) == before   # nothing changed, byte for byte
+  results = train_and_evaluate(tiny_config(num_steps=14, checkpoint_every=10), workdir)
+  history = results["settings_history"]
+  assert [h["resumed_from_step"] for h in history] == [None, 10]
+  assert history[1]["changes"] == {"num_steps": [10, 14]} and history[1]["total_steps"] == 14
+  assert "learning-rate schedule is recomputed for 14 steps" in caplog.text
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk["settings_history"] == history
