@@ -305,7 +305,7 @@ def _check_finite(values: Dict[str, float], state, step: int, ckpt: Checkpointer
 
 
 def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
-          desc: str = "train") -> Dict[str, Any]:
+          desc: str = "train", settings: Optional[Sequence[Any]] = None) -> Dict[str, Any]:
   """Pretrains (resuming if a checkpoint exists) and returns the final state + stats.
 
   Args:
@@ -314,6 +314,8 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
     hooks: called as hook(step, state, record) after every step; `record` holds the
       logged metrics at log steps, else {}.
     desc: progress-bar label.
+    settings: the resume-safe config changes of this start (`check_rerun`); recorded in
+      WORKDIR/settings_history.jsonl once the checkpoint is restored (None: not recorded).
 
   Returns:
     {"state": final TrainState, "last_record": last logged metrics,
@@ -339,6 +341,9 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
     start, state, data_state = restored
     loader.set_state(data_state)
     logging.info("resumed from %s", ckpt.path(start))
+  if settings is not None and _is_main_process():   # recorded once the start succeeded
+    _record_settings(workdir, start if restored is not None else None, settings,
+                     exp.total_steps)
   writer = MetricWriter(workdir, start_step=start, enabled=_is_main_process())
   step_fn = exp.compiled_step()
   bar = tqdm.tqdm(total=exp.total_steps, initial=start, desc=desc, dynamic_ncols=True,
@@ -565,10 +570,9 @@ def _train_and_evaluate(config, workdir, *, hooks, name):
         f"longer than the config says) and nothing was changed. Set num_steps (or "
         f"num_epochs) to at least {latest}, or use a new workdir")
   if _is_main_process():
-    _record_settings(workdir, latest, changes, exp.total_steps)
     write_text_atomic(os.path.join(workdir, "config.json"),
                       config.to_json_best_effort(indent=2) + "\n")
-  out = train(exp, workdir, hooks=hooks, desc=name or config.method)
+  out = train(exp, workdir, hooks=hooks, desc=name or config.method, settings=changes)
   phases = 6 + (2 if config.dataset.label_noise > 0 else 0)
   progress = EvalProgress(name or config.method, phases,
                           enabled=config.progress and _is_main_process())

@@ -74,8 +74,9 @@ class WorkdirLock:
     try:
       os.makedirs(self.workdir, exist_ok=True)
     except OSError as e:
-      raise OSError(e.errno, f"cannot create the workdir {self.workdir}: "
-                    f"{e.strerror}") from e
+      from projnce_jax.train.validate import WorkdirError  # pylint: disable=g-import-not-at-top
+      raise WorkdirError(f"workdir {os.path.abspath(self.workdir)} is not writable: {e}"
+                         ) from e
     key = os.path.realpath(self.path)
     with _mutex:
       if key in _held:   # this process holds it already (run -> train_and_evaluate)
