@@ -69,32 +69,51 @@ def write_manifest(folder: str) -> None:
   os.replace(tmp, os.path.join(folder, MANIFEST))
 
 
+def _exists(path: str) -> bool:
+  """Whether `path` exists; only "no such file" means False (a permission or I/O error
+  raises instead of passing for a missing file)."""
+  try:
+    os.stat(path)
+  except FileNotFoundError:
+    return False
+  return True
+
+
 def find_damage(folder: str) -> Optional[str]:
   """What shows that the checkpoint in `folder` is incomplete or corrupt, or None.
 
   None means nothing is shown to be wrong (including: no manifest to check against).
+
+  Raises:
+    OSError: the checkpoint cannot be read (permissions, I/O): not evidence of damage.
   """
-  if not os.path.isdir(folder):
+  if not _exists(folder):
     return f"{folder} is missing"
-  if not os.path.exists(os.path.join(folder, COMMIT_RECORD)):
+  if not _exists(os.path.join(folder, COMMIT_RECORD)):
     return f"orbax's commit record {COMMIT_RECORD} is missing (an incomplete save)"
   manifest_path = os.path.join(folder, MANIFEST)
-  if not os.path.exists(manifest_path):
+  if not _exists(manifest_path):
     return None
+  with open(manifest_path) as f:
+    text = f.read()
   try:
-    with open(manifest_path) as f:
-      entries = json.load(f)["files"]
-  except (OSError, ValueError, KeyError) as e:
-    return f"its manifest cannot be read ({type(e).__name__}: {e})"
+    entries = json.loads(text)["files"]
+  except (ValueError, KeyError, TypeError) as e:
+    return f"its manifest is corrupt ({type(e).__name__}: {e})"
   for rel, (size, crc) in sorted(entries.items()):
     path = os.path.join(folder, rel)
-    if not os.path.exists(path):
+    if not _exists(path):
       return f"file {rel} is missing"
     if os.path.getsize(path) != size:
       return f"file {rel} has {os.path.getsize(path)} bytes, {size} were written"
     if _crc32(path) != crc:
       return f"file {rel} differs from what was written (CRC-32)"
   return None
+
+
+def is_verified(folder: str) -> bool:
+  """Whether the checkpoint has a manifest to check it against."""
+  return _exists(os.path.join(folder, MANIFEST))
 
 
 class Checkpointer:
@@ -155,12 +174,16 @@ class Checkpointer:
     return restored["state"], restored["data"]
 
   def restore_latest(self, target: Any) -> Optional[Tuple[int, Any, Any]]:
-    """Restores the newest checkpoint that can be read, newest first.
+    """Restores the newest checkpoint that is intact, checking it before orbax reads it.
 
-    A checkpoint that fails to restore and is shown to be incomplete or corrupt
-    (`find_damage`) is logged as a warning and moved aside to
-    `<directory>_unreadable/<step>` (kept, so nothing is lost; out of the way of the saves
-    that re-create its step); the previous one is tried next.
+    Each checkpoint, newest first, is checked against its manifest (`find_damage`: commit
+    record, then every file's size and CRC-32) before it is restored. One shown to be
+    incomplete or corrupt is logged as a warning naming the file and moved aside to
+    `<directory>_unreadable/<step>` (kept, so nothing is lost); the previous one is tried
+    next. A checkpoint without a manifest (a save whose manifest was not yet written when
+    the run was killed) is "unverified": the newest verified checkpoint is preferred, with
+    a warning, and an unverified one is used only when none is verified; it is never
+    called damaged without evidence.
 
     Args:
       target: gives structure, dtypes and shardings (see `restore`).
@@ -169,11 +192,38 @@ class Checkpointer:
       (step, state, data_state), or None when there is no checkpoint.
 
     Raises:
-      CheckpointRestoreError: a restore failed and the checkpoint is not shown to be
-        damaged (e.g. an I/O error, out of memory, a model of another shape); names the
-        checkpoint and the cause. Nothing is moved.
+      CheckpointRestoreError: a checkpoint cannot be read (permissions, I/O) or restored
+        and is not shown to be damaged (e.g. out of memory, a model of another shape);
+        names the checkpoint and the cause. Nothing is moved.
     """
-    for step in sorted(self.all_steps(), reverse=True):
+    steps = sorted(self.all_steps(), reverse=True)
+    verified = {}
+    for step in steps:
+      try:
+        verified[step] = is_verified(self.path(step))
+      except OSError as e:
+        raise self._unreadable(step, e) from e
+    unverified_skipped = []
+    for step in steps:
+      if not verified[step] and any(verified[s] for s in steps if s < step):
+        unverified_skipped.append(step)
+        continue
+      try:
+        damage = find_damage(self.path(step))
+      except OSError as e:
+        raise self._unreadable(step, e) from e
+      if damage is not None:
+        moved = self._move_aside(step)
+        logging.warning("checkpoint %s is damaged: %s; moved it to %s and trying the "
+                        "previous one", self.path(step), damage, moved)
+        continue
+      if unverified_skipped:
+        logging.warning("checkpoint(s) %s have no manifest (unverified: the run stopped "
+                        "before it was written); resuming from the newest verified one, "
+                        "step %d", unverified_skipped, step)
+      elif not verified[step]:
+        logging.warning("checkpoint %s has no manifest (unverified) and no verified one "
+                        "exists; restoring it unchecked", self.path(step))
       try:
         state, data_state = self.restore(step, target)
       except Exception as e:  # orbax raises many types for missing or truncated files.
@@ -192,6 +242,12 @@ class Checkpointer:
       return step, state, data_state
     return None
 
+  def _unreadable(self, step: int, error: OSError) -> CheckpointRestoreError:
+    return CheckpointRestoreError(
+        f"checkpoint {self.path(step)} cannot be read ({type(error).__name__}: "
+        f"{error.strerror or error} on {error.filename or self.path(step)}); nothing was "
+        "moved: fix the permissions or the file system and rerun")
+
   def _move_aside(self, step: int) -> str:
     """Moves checkpoint `step` to <directory>_unreadable/ and returns its new path."""
     dest_dir = self.directory + "_unreadable"
@@ -199,8 +255,13 @@ class Checkpointer:
     if os.path.exists(dest):
       dest = f"{dest}.{int(time.time())}"
     if jax.process_index() == 0:   # one process moves it on a shared file system
-      os.makedirs(dest_dir, exist_ok=True)
-      shutil.move(self.path(step), dest)
+      try:
+        os.makedirs(dest_dir, exist_ok=True)
+        shutil.move(self.path(step), dest)
+      except OSError as e:
+        raise CheckpointRestoreError(
+            f"checkpoint {self.path(step)} is damaged but cannot be moved aside to {dest} "
+            f"({type(e).__name__}: {e}); move it away by hand and rerun") from e
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"projnce_move_aside_{step}")
     self._manager.reload()

@@ -124,3 +124,53 @@ def test_rerun_below_the_checkpoint_is_refused_and_changes_are_recorded(tiny_con
   assert "learning-rate schedule is recomputed for 14 steps" in caplog.text
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["settings_history"] == history
+
+
+def _largest_file(folder):
+  files = [os.path.join(r, n) for r, _, ns in os.walk(folder) for n in ns
+           if n != "manifest.json"]
+  return max(files, key=os.path.getsize)
+
+
+def test_a_flipped_byte_is_found_before_restoring(tiny_config, tmp_path, caplog):
+  """One flipped byte in the newest checkpoint's array data: set aside with a warning
+  naming the file, the previous checkpoint used, and the rerun ends at the same step."""
+  workdir = str(tmp_path)
+  config = tiny_config(num_steps=10, checkpoint_every=5)
+  train_and_evaluate(config, workdir)
+  victim = _largest_file(tmp_path / "checkpoints" / "10")
+  with open(victim, "r+b") as f:
+    f.seek(os.path.getsize(victim) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x01]))
+  results = train_and_evaluate(config, workdir)
+  assert results["steps"] == 10
+  assert (tmp_path / "checkpoints_unreadable" / "10").exists()
+  rel = os.path.relpath(victim, tmp_path / "checkpoints" / "10")
+  assert f"file {rel} differs from what was written" in caplog.text
+  assert results["settings_history"][-1]["resumed_from_step"] == 5
+
+
+def test_an_unreadable_checkpoint_moves_nothing(tiny_config, tmp_path, monkeypatch):
+  """A permission error while checking the newest checkpoint is not evidence of damage:
+  CheckpointRestoreError names the path and the cause, and nothing is moved."""
+  from projnce_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path)
+  config = tiny_config(num_steps=10, checkpoint_every=5)
+  train_and_evaluate(config, workdir)
+  before = _snapshot(workdir)
+  real_stat = os.stat
+  locked = str(tmp_path / "checkpoints" / "10")
+
+  def stat(path, *a, **k):
+    if str(path).startswith(locked + os.sep):
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_stat(path, *a, **k)
+
+  monkeypatch.setattr(checkpoint.os, "stat", stat)
+  with pytest.raises(train.CheckpointRestoreError, match="cannot be read.*Permission denied"):
+    train_and_evaluate(config, workdir)
+  monkeypatch.undo()
+  assert _snapshot(workdir) == before
+  assert not (tmp_path / "checkpoints_unreadable").exists()
