@@ -18,6 +18,7 @@ Why a manifest of our own: orbax verifies neither sizes nor checksums of a commi
 checkpoint on restore (its commit record says a save finished, not that the bytes are
 intact); CRC-32 from the standard library (zlib) is enough to detect damage, not tampering.
 """
+import errno
 import json
 import os
 import shutil
@@ -67,6 +68,19 @@ def write_manifest(folder: str) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, os.path.join(folder, MANIFEST))
+
+
+def disk_full(error: BaseException) -> bool:
+  """Whether `error`, or an error it was raised from, is "no space left on device"."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _exists(path: str) -> bool:
@@ -268,8 +282,24 @@ class Checkpointer:
     return dest
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk, and writes their manifests."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are on disk, and writes their manifests.
+
+    Raises:
+      WorkdirError: the disk filled up during an asynchronous save (one line naming the
+        last good checkpoint).
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if not disk_full(e):
+        raise
+      self._unmanifested = []
+      from projnce_jax.train.validate import WorkdirError  # pylint: disable=g-import-not-at-top
+      good = [s for s in self.all_steps() if is_verified(self.path(s))]
+      last = self.path(max(good)) if good else None
+      raise WorkdirError(f"the disk filled up while saving a checkpoint in "
+                         f"{self.directory}; the last good checkpoint is {last}; free some "
+                         "space and rerun to resume") from e
     pending, self._unmanifested = self._unmanifested, []
     if jax.process_index() != 0:
       return

@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -48,6 +49,7 @@ from projnce_jax.models import create_model
 from projnce_jax.train import evaluate as eval_lib
 from projnce_jax.train import mi_eval
 from projnce_jax.train.checkpoint import Checkpointer
+from projnce_jax.train.checkpoint import disk_full
 from projnce_jax.train.config import apply_overrides
 from projnce_jax.train.inputs import augment_kwargs
 from projnce_jax.train.inputs import make_data
@@ -60,6 +62,7 @@ from projnce_jax.train.state import make_tx
 from projnce_jax.train.step import make_train_step
 from projnce_jax.train.validate import check_rerun
 from projnce_jax.train.validate import ConfigError
+from projnce_jax.train.validate import WorkdirError
 from projnce_jax.train.validate import check_workdir
 from projnce_jax.train.validate import latest_checkpoint_step
 from projnce_jax.train.validate import validate_config
@@ -352,6 +355,7 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
   t_start = time.perf_counter()
   t_last, step_last = t_start, start
   stop = _StopFlag()
+  failing = True
   try:
     stop.__enter__()
     for step in range(start + 1, exp.total_steps + 1):
@@ -385,19 +389,24 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
                           probe=f"{values['probe_accuracy']:.3f}")
       saved = step % config.checkpoint_every == 0 or is_last
       if saved:
-        _save(ckpt, step, state, loader, writer)
+        _save(ckpt, step, state, loader, writer, config.min_free_disk_mb)
       for hook in hooks:
         hook(step, state, record)
       if stop.should_stop(step):
         if not saved:
-          _save(ckpt, step, state, loader, writer)
+          _save(ckpt, step, state, loader, writer, config.min_free_disk_mb)
         ckpt.wait()
         raise Preempted(step, ckpt.path(step))
+    failing = False
   finally:
     stop.__exit__()
     bar.close()
     writer.close()
-    ckpt.close()
+    try:
+      ckpt.close()
+    except Exception:  # pylint: disable=broad-except
+      if not failing:   # else the error already raised says more (e.g. a full disk)
+        raise
   if not last_record:
     last_record = next((r for r in reversed(
         read_metrics(os.path.join(workdir, "metrics.jsonl")))), {})
@@ -405,15 +414,36 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
           "train_seconds": time.perf_counter() - t_start}
 
 
-def _save(ckpt: Checkpointer, step: int, state, loader, writer: MetricWriter) -> None:
-  """Saves a checkpoint after checking that the parameters are finite.
+def _save(ckpt: Checkpointer, step: int, state, loader, writer: MetricWriter,
+          min_free_mb: float = 0.0) -> None:
+  """Saves a checkpoint after checking that the parameters are finite and the disk has
+  `min_free_mb` MiB free.
 
   The metrics logged so far are fsynced first: a checkpoint never gets ahead of them.
+
+  Raises:
+    WorkdirError: too little free disk, or the disk filled up during the save (one line
+      naming the last good checkpoint).
   """
   if not bool(_all_finite((state.params, state.batch_stats))):
     raise _non_finite_error("non-finite parameters", step, ckpt)
+  free_mb = shutil.disk_usage(ckpt.directory).free / 2**20
+  if free_mb < min_free_mb:
+    raise WorkdirError(
+        f"only {free_mb:.0f} MiB free for the checkpoint of step {step} (at least "
+        f"{min_free_mb:g} MiB, config field 'min_free_disk_mb'); the last good checkpoint "
+        f"is {ckpt.path(ckpt.latest_step()) or 'none yet'}; free some space and rerun to "
+        "resume")
   writer.sync()
-  ckpt.save(step, state, loader.get_state())
+  try:
+    ckpt.save(step, state, loader.get_state())
+  except Exception as e:  # pylint: disable=broad-except
+    if not disk_full(e):
+      raise
+    raise WorkdirError(
+        f"the disk filled up while saving the checkpoint of step {step}; the last good "
+        f"checkpoint is {ckpt.path(ckpt.latest_step()) or 'none yet'}; free some space and "
+        "rerun to resume") from e
 
 
 class EvalProgress:

@@ -174,3 +174,39 @@ def test_an_unreadable_checkpoint_moves_nothing(tiny_config, tmp_path, monkeypat
   monkeypatch.undo()
   assert _snapshot(workdir) == before
   assert not (tmp_path / "checkpoints_unreadable").exists()
+
+
+def test_a_full_disk_ends_the_run_with_one_line(tiny_config, tmp_path, monkeypatch):
+  """ENOSPC during a save: WorkdirError naming the last good checkpoint (main.py prints it
+  as one line); too little free space before a save: the same, before writing."""
+  import errno  # pylint: disable=g-import-not-at-top
+  from projnce_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  from projnce_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  real_save = checkpoint.Checkpointer.save
+
+  def save(self, step, *a, **k):
+    if step == 10:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(self, step, *a, **k)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+  workdir = tmp_path / "a"
+  with pytest.raises(train.WorkdirError, match=r"disk filled up while saving the checkpoint "
+                     r"of step 10; the last good checkpoint is .*checkpoints/5;"):
+    train_and_evaluate(tiny_config(num_steps=10, checkpoint_every=5), str(workdir))
+  monkeypatch.undo()
+
+  real_usage = trainer.shutil.disk_usage
+  calls = []
+
+  def usage(path):
+    u = real_usage(path)
+    if not str(path).endswith("checkpoints"):
+      return u
+    calls.append(path)
+    return u._replace(free=0) if len(calls) > 1 else u   # full after the first save
+
+  monkeypatch.setattr(trainer.shutil, "disk_usage", usage)
+  with pytest.raises(train.WorkdirError, match=r"only 0 MiB free for the checkpoint of "
+                     r"step 10 .*last good checkpoint is .*checkpoints/5;"):
+    train_and_evaluate(tiny_config(num_steps=10, checkpoint_every=5), str(tmp_path / "b"))
