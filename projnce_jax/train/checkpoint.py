@@ -210,6 +210,7 @@ class Checkpointer:
         and is not shown to be damaged (e.g. out of memory, a model of another shape);
         names the checkpoint and the cause. Nothing is moved.
     """
+    self.finish_cleanups()
     steps = sorted(self.all_steps(), reverse=True)
     verified = {}
     for step in steps:
@@ -255,6 +256,32 @@ class Checkpointer:
         continue
       return step, state, data_state
     return None
+
+  def finish_cleanups(self) -> list:
+    """Deletes old checkpoints that a stopped keep-N cleanup left half-deleted.
+
+    orbax deletes the oldest checkpoints after a save; a run killed during that deletion
+    leaves a folder without its commit record. Such a folder older than a committed
+    checkpoint can never be restored (and is older than what would be kept), so its
+    deletion is finished here, with a warning. Returns the steps deleted.
+    """
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return []
+    folders = {int(n): os.path.join(self.directory, n) for n in os.listdir(self.directory)
+               if n.isdigit() and os.path.isdir(os.path.join(self.directory, n))}
+    committed = [s for s, f in folders.items() if _exists(os.path.join(f, COMMIT_RECORD))]
+    if not committed:
+      return []
+    done = []
+    for step, folder in sorted(folders.items()):
+      if step < max(committed) and step not in committed:
+        shutil.rmtree(folder)
+        done.append(step)
+    if done:
+      logging.warning("%s: finished deleting old checkpoint(s) %s, left half-deleted by a "
+                      "cleanup that was stopped", self.directory, done)
+      self._manager.reload()
+    return done
 
   def _unreadable(self, step: int, error: OSError) -> CheckpointRestoreError:
     return CheckpointRestoreError(

@@ -210,3 +210,17 @@ def test_a_full_disk_ends_the_run_with_one_line(tiny_config, tmp_path, monkeypat
   with pytest.raises(train.WorkdirError, match=r"only 0 MiB free for the checkpoint of "
                      r"step 10 .*last good checkpoint is .*checkpoints/5;"):
     train_and_evaluate(tiny_config(num_steps=10, checkpoint_every=5), str(tmp_path / "b"))
+
+
+def test_half_deleted_old_checkpoints_are_finished_off(tiny_config, tmp_path, caplog):
+  workdir = str(tmp_path)
+  config = tiny_config(num_steps=10, checkpoint_every=5, keep_checkpoints=3)
+  train_and_evaluate(config, workdir)
+  old = tmp_path / "checkpoints" / "5"
+  (old / "_CHECKPOINT_METADATA").unlink()   # a cleanup killed half-way
+  os.remove(_largest_file(old))
+  results = train_and_evaluate(config, workdir)
+  assert not old.exists() and (tmp_path / "checkpoints" / "10").exists()
+  assert "finished deleting old checkpoint(s) [5]" in caplog.text
+  assert results["settings_history"][-1]["resumed_from_step"] == 10
+  assert not (tmp_path / "checkpoints_unreadable").exists()
