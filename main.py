@@ -14,9 +14,10 @@ or, where JAX detects the cluster itself (Cloud TPU, SLURM, Open MPI):
 Rerunning a command on the same workdir resumes from its newest checkpoint. The config
 and workdir are checked first (a bad field is an error naming it); a rerun whose config
 differs from the checkpoints' in anything but training length, logging/checkpoint cadence
-or progress display is refused, listing the fields. On SIGTERM (preemption; with several
-processes, to any one of them) every process saves one checkpoint at the end of the same
-step and exits with status 143; rerunning the command resumes from it.
+or progress display is refused, listing the fields. On SIGTERM (preemption) or SIGINT
+(Ctrl-C) - with several processes, to any one of them - every process saves one checkpoint
+at the end of the same step and exits with status 143 (130 for the process that got the
+SIGINT); rerunning the command resumes from it.
 Outputs in WORKDIR: config.json, metrics.jsonl, tensorboard/, checkpoints/, results.json,
 report.md (+ plots).
 
@@ -41,7 +42,6 @@ from projnce_jax import report
 from projnce_jax import train
 
 FLAGS = flags.FLAGS
-PREEMPTED_EXIT_CODE = 128 + 15   # the shell's status for a process ended by SIGTERM
 config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py[:arg]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Output folder; rerun on it to resume.")
@@ -82,7 +82,7 @@ def main(argv):
     results = train.run(FLAGS.config, FLAGS.workdir)
   except train.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr, flush=True)
-    sys.exit(PREEMPTED_EXIT_CODE)
+    sys.exit(128 + e.signum)   # 143 for SIGTERM, 130 for SIGINT
   except train.ConfigError as e:
     if FLAGS.verbose or _verbose(sys.argv):
       raise

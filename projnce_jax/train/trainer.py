@@ -239,32 +239,40 @@ def _non_finite_error(what: str, step: int, ckpt: Checkpointer, detail: str = ""
 
 
 class Preempted(Exception):
-  """Training stopped on SIGTERM after saving a checkpoint; rerun to resume.
+  """Training stopped on SIGTERM or SIGINT after saving a checkpoint; rerun to resume.
 
   Attributes:
     step: the step of the saved checkpoint.
     checkpoint: its folder.
+    signum: the signal this process received (SIGTERM also for a preemption notice that
+      another process of the run received); main.py exits with 128 + signum.
   """
 
-  def __init__(self, step: int, checkpoint: str):
-    super().__init__(f"stopped by SIGTERM at step {step}; saved checkpoint {checkpoint}; "
+  def __init__(self, step: int, checkpoint: str, signum: int = signal.SIGTERM):
+    name = signal.Signals(signum).name
+    super().__init__(f"stopped by {name} at step {step}; saved checkpoint {checkpoint}; "
                      "rerun the same command to resume")
     self.step = step
     self.checkpoint = checkpoint
+    self.signum = int(signum)
 
 
 class _StopFlag:
-  """Whether to stop for a SIGTERM after this step; the same answer on every process.
+  """Whether to stop for a SIGTERM or SIGINT after this step; the same answer on every
+  process.
 
-  One process: set by a Python SIGTERM handler while installed (main thread only; the old
-  handler is restored on exit). Several processes: JAX's preemption service (its SIGTERM
-  handler notifies every process through the coordinator) answers
-  `reached_preemption_sync_point(step)`, True at the same step on all of them.
+  One process: set by Python SIGTERM and SIGINT handlers while installed (main thread
+  only; the old handlers are restored on exit). Several processes: JAX's preemption
+  service (its SIGTERM handler notifies every process through the coordinator) answers
+  `reached_preemption_sync_point(step)`, True at the same step on all of them; a SIGINT
+  (Ctrl-C) to any one process is turned into a SIGTERM to itself, so it stops the run the
+  same way instead of leaving the others waiting in a collective.
   """
 
   def __init__(self):
     self.is_set = False
-    self._previous = None
+    self.signum = signal.SIGTERM   # the signal this process received (for the exit code)
+    self._previous = {}
     self._synced = jax.process_count() > 1
 
   def should_stop(self, step: int) -> bool:
@@ -279,17 +287,31 @@ class _StopFlag:
   def _handle(self, signum, frame):
     del frame
     self.is_set = True
+    self.signum = signum
     logging.warning("received signal %d: saving a checkpoint at the end of this step",
                     signum)
 
+  def _forward_interrupt(self, signum, frame):
+    del frame
+    self.signum = signum
+    logging.warning("received signal %d: stopping every process of the run at one step "
+                    "with a checkpoint", signum)
+    os.kill(os.getpid(), signal.SIGTERM)   # JAX's preemption service takes it from here
+
   def __enter__(self):
-    if not self._synced and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    if self._synced:
+      self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._forward_interrupt)
+    else:
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
 
 
 def _check_finite(values: Dict[str, float], state, step: int, ckpt: Checkpointer,
@@ -396,7 +418,7 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
         if not saved:
           _save(ckpt, step, state, loader, writer, config.min_free_disk_mb)
         ckpt.wait()
-        raise Preempted(step, ckpt.path(step))
+        raise Preempted(step, ckpt.path(step), stop.signum)
     failing = False
   finally:
     stop.__exit__()

@@ -21,6 +21,7 @@ executables, compiled once).
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -140,8 +141,9 @@ def _checkpoints(workdir):
 
 
 def _stopped_step(stderr):
-  assert "preempted: stopped by SIGTERM at step " in stderr, stderr[-3000:]
-  return int(stderr.split("SIGTERM at step ")[1].split(";")[0])
+  match = re.search(r"preempted: stopped by SIG(?:TERM|INT) at step (\d+);", stderr)
+  assert match, stderr[-3000:]
+  return int(match.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +207,19 @@ def test_two_processes_stop_together_on_sigterm_and_resume_to_match_one(
                                  rtol=LOSS_RTOL, err_msg=key)
   steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert steps == list(range(2, NUM_STEPS + 1, 2))  # nothing lost or logged twice
+
+
+def test_sigint_to_one_of_two_processes_stops_both_with_one_checkpoint(digits_dir, tmp_path):
+  """Ctrl-C to one process of a two-process run: both stop at the same step within 60 s,
+  one checkpoint; 130 for the interrupted process, 143 for the other."""
+  workdir = tmp_path / "run"
+  procs = _start(workdir, digits_dir, processes=2)
+  _wait_for(lambda: _logged(workdir), procs, "the first logged step")
+  t0 = time.time()
+  procs[1].send_signal(signal.SIGINT)
+  errs = _finish(procs, timeout=60)
+  assert time.time() - t0 < 60
+  assert [p.returncode for p in procs] == [143, 130], [e[-2000:] for e in errs]
+  stopped = {_stopped_step(e) for e in errs}
+  assert len(stopped) == 1, stopped
+  assert _checkpoints(workdir) == list(stopped)

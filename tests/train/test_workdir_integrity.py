@@ -224,3 +224,19 @@ def test_half_deleted_old_checkpoints_are_finished_off(tiny_config, tmp_path, ca
   assert "finished deleting old checkpoint(s) [5]" in caplog.text
   assert results["settings_history"][-1]["resumed_from_step"] == 10
   assert not (tmp_path / "checkpoints_unreadable").exists()
+
+
+def test_sigint_on_one_process_saves_and_stops(tiny_config, tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  from projnce_jax.train import trainer  # pylint: disable=g-import-not-at-top
+
+  def interrupt(step, state, record):
+    del state, record
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGINT)
+
+  exp = trainer.Experiment(tiny_config(num_steps=10, checkpoint_every=5))
+  with pytest.raises(trainer.Preempted, match="stopped by SIGINT at step 3") as info:
+    trainer.train(exp, str(tmp_path), hooks=[interrupt])
+  assert info.value.signum == signal.SIGINT
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
