@@ -468,6 +468,36 @@ def _save(ckpt: Checkpointer, step: int, state, loader, writer: MetricWriter,
         "rerun to resume") from e
 
 
+class _FinishDespiteSignals:
+  """While installed (main thread only), SIGTERM and SIGINT are logged, not acted on: the
+  final evaluation is short (seconds to a minute here) and its results are the run's
+  output, so it runs to its end and the run exits normally. With several processes JAX's
+  preemption service already holds SIGTERM; SIGINT is held here on every process, so no
+  process leaves the others waiting in a collective."""
+
+  def __init__(self, what: str):
+    self.what = what
+    self._previous = {}
+
+  def _log(self, signum, frame):
+    del frame
+    logging.warning("received signal %d during the %s: finishing it (the run then ends "
+                    "normally with its results)", signum, self.what)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        if signum == signal.SIGTERM and jax.process_count() > 1:
+          continue   # JAX's preemption service handles it
+        self._previous[signum] = signal.signal(signum, self._log)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+
 class EvalProgress:
   """One progress line for the evaluation phases (features, probe, kNN, MI, report).
 
@@ -628,6 +658,11 @@ def _train_and_evaluate(config, workdir, *, hooks, name):
   phases = 6 + (2 if config.dataset.label_noise > 0 else 0)
   progress = EvalProgress(name or config.method, phases,
                           enabled=config.progress and _is_main_process())
+  with _FinishDespiteSignals("evaluation"):
+    return _evaluate_and_report(config, workdir, exp, out, progress, name)
+
+
+def _evaluate_and_report(config, workdir, exp, out, progress, name):
   ev = evaluate(exp, out["state"], progress)
   # Held-out MI bound: eval split, clean labels, one view per example, trained critic fixed.
   with progress("held-out MI bound"):

@@ -240,3 +240,25 @@ def test_sigint_on_one_process_saves_and_stops(tiny_config, tmp_path):
     trainer.train(exp, str(tmp_path), hooks=[interrupt])
   assert info.value.signum == signal.SIGINT
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+
+
+def test_a_signal_during_evaluation_lets_it_finish(tiny_config, tmp_path, monkeypatch, caplog):
+  """SIGTERM or SIGINT during the final evaluation: logged, evaluation finishes, results are
+  written and the run returns normally (documented in docs/reliability.md)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from projnce_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  real_probe = trainer.eval_lib.linear_probe
+  sent = []
+
+  def probe(*a, **k):
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      os.kill(os.getpid(), signum)
+      sent.append(signum)
+    return real_probe(*a, **k)
+
+  monkeypatch.setattr(trainer.eval_lib, "linear_probe", probe)
+  results = train_and_evaluate(tiny_config(num_steps=6, checkpoint_every=6), str(tmp_path))
+  assert len(sent) == 2 and results["linear_probe_accuracy"] > 0
+  assert (tmp_path / "results.json").exists()
+  assert caplog.text.count("during the evaluation: finishing it") == 2
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
