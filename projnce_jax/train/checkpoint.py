@@ -196,8 +196,9 @@ class Checkpointer:
     `<directory>_unreadable/<step>` (kept, so nothing is lost); the previous one is tried
     next. A checkpoint without a manifest (a save whose manifest was not yet written when
     the run was killed) is "unverified": the newest verified checkpoint is preferred, with
-    a warning, and an unverified one is used only when none is verified; it is never
-    called damaged without evidence.
+    a warning, and the unverified newer ones are moved to `<directory>_unverified/<step>`
+    (kept); an unverified one is used only when none is verified. None is called damaged
+    without evidence.
 
     Args:
       target: gives structure, dtypes and shardings (see `restore`).
@@ -233,9 +234,12 @@ class Checkpointer:
                         "previous one", self.path(step), damage, moved)
         continue
       if unverified_skipped:
+        # Kept (not called damaged) but out of the way of the saves that re-create them.
+        moved = [self._move_aside(s, "_unverified") for s in unverified_skipped]
         logging.warning("checkpoint(s) %s have no manifest (unverified: the run stopped "
                         "before it was written); resuming from the newest verified one, "
-                        "step %d", unverified_skipped, step)
+                        "step %d; the unverified ones were moved to %s", unverified_skipped,
+                        step, moved)
       elif not verified[step]:
         logging.warning("checkpoint %s has no manifest (unverified) and no verified one "
                         "exists; restoring it unchecked", self.path(step))
@@ -289,9 +293,9 @@ class Checkpointer:
         f"{error.strerror or error} on {error.filename or self.path(step)}); nothing was "
         "moved: fix the permissions or the file system and rerun")
 
-  def _move_aside(self, step: int) -> str:
-    """Moves checkpoint `step` to <directory>_unreadable/ and returns its new path."""
-    dest_dir = self.directory + "_unreadable"
+  def _move_aside(self, step: int, suffix: str = "_unreadable") -> str:
+    """Moves checkpoint `step` to <directory><suffix>/ and returns its new path."""
+    dest_dir = self.directory + suffix
     dest = os.path.join(dest_dir, str(step))
     if os.path.exists(dest):
       dest = f"{dest}.{int(time.time())}"
@@ -301,7 +305,7 @@ class Checkpointer:
         shutil.move(self.path(step), dest)
       except OSError as e:
         raise CheckpointRestoreError(
-            f"checkpoint {self.path(step)} is damaged but cannot be moved aside to {dest} "
+            f"checkpoint {self.path(step)} cannot be moved aside to {dest} "
             f"({type(e).__name__}: {e}); move it away by hand and rerun") from e
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"projnce_move_aside_{step}")

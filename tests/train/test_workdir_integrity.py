@@ -262,3 +262,49 @@ def test_a_signal_during_evaluation_lets_it_finish(tiny_config, tmp_path, monkey
   assert (tmp_path / "results.json").exists()
   assert caplog.text.count("during the evaluation: finishing it") == 2
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
+
+
+def test_edited_iterator_metadata_is_set_aside(tiny_config, tmp_path, caplog):
+  """`next_index` edited in the newest checkpoint's data-iterator state: the manifest
+  check finds it and the run resumes from the previous checkpoint."""
+  workdir = str(tmp_path)
+  config = tiny_config(num_steps=10, checkpoint_every=5)
+  train_and_evaluate(config, workdir)
+  data_files = [os.path.join(r, n) for r, _, ns in os.walk(tmp_path / "checkpoints" / "10")
+                for n in ns if "next_index" in open(os.path.join(r, n), "rb").read(
+                    1 << 16).decode("utf-8", "ignore")]
+  assert data_files, "the loader's state holds next_index"
+  text = open(data_files[0]).read()
+  value = json.loads(text)
+  edited = json.dumps(_bump_next_index(value))
+  with open(data_files[0], "w") as f:
+    f.write(edited)
+  results = train_and_evaluate(config, workdir)
+  assert (tmp_path / "checkpoints_unreadable" / "10").exists()
+  assert "differs from what was written" in caplog.text or "bytes" in caplog.text
+  assert results["settings_history"][-1]["resumed_from_step"] == 5
+
+
+def _bump_next_index(value):
+  if isinstance(value, dict):
+    return {k: (v + 1 if k == "next_index" and isinstance(v, int) else _bump_next_index(v))
+            for k, v in value.items()}
+  if isinstance(value, list):
+    return [_bump_next_index(v) for v in value]
+  return value
+
+
+def test_a_newest_checkpoint_without_manifest_yields_to_a_verified_one(tiny_config, tmp_path,
+                                                                       caplog):
+  """Killed between the save and its manifest: the newest is unverified, not damaged; the
+  newest verified checkpoint is used, with a warning, and nothing is set aside."""
+  workdir = str(tmp_path)
+  config = tiny_config(num_steps=10, checkpoint_every=5)
+  train_and_evaluate(config, workdir)
+  os.remove(tmp_path / "checkpoints" / "10" / "manifest.json")
+  results = train_and_evaluate(config, workdir)
+  assert "have no manifest (unverified" in caplog.text
+  assert results["settings_history"][-1]["resumed_from_step"] == 5
+  assert not (tmp_path / "checkpoints_unreadable").exists()
+  assert (tmp_path / "checkpoints_unverified" / "10").exists()   # kept
+  assert sorted(os.listdir(tmp_path / "checkpoints"), key=int)[-1] == "10"   # re-made
