@@ -17,8 +17,8 @@ ranges, names and cross-field rules above are this trainer's own, and a schema l
 
 Example:
   >>> validate_config(config)          # ValueError / TypeError / KeyError on a bad field
-  >>> check_workdir("/tmp/run", min_free_mb=64)
-  >>> check_rerun(config, "/tmp/run")  # ConfigError listing the changed fields
+  >>> check_workdir(workdir, min_free_mb=64)
+  >>> changes = check_rerun(config, workdir)  # ConfigError listing the changed fields
 """
 import difflib
 import json
