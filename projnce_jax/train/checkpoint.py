@@ -211,7 +211,10 @@ class Checkpointer:
         and is not shown to be damaged (e.g. out of memory, a model of another shape);
         names the checkpoint and the cause. Nothing is moved.
     """
-    self.finish_cleanups()
+    try:
+      self.finish_cleanups()
+    except OSError as e:
+      raise self._unreadable(None, e) from e
     steps = sorted(self.all_steps(), reverse=True)
     verified = {}
     for step in steps:
@@ -287,10 +290,12 @@ class Checkpointer:
       self._manager.reload()
     return done
 
-  def _unreadable(self, step: int, error: OSError) -> CheckpointRestoreError:
+  def _unreadable(self, step: Optional[int], error: OSError) -> CheckpointRestoreError:
+    where = self.path(step) if step is not None else self.directory
+    what = "checkpoint" if step is not None else "the checkpoints in"
     return CheckpointRestoreError(
-        f"checkpoint {self.path(step)} cannot be read ({type(error).__name__}: "
-        f"{error.strerror or error} on {error.filename or self.path(step)}); nothing was "
+        f"{what} {where} cannot be read ({type(error).__name__}: "
+        f"{error.strerror or error} on {error.filename or where}); nothing was "
         "moved: fix the permissions or the file system and rerun")
 
   def _move_aside(self, step: int, suffix: str = "_unreadable") -> str:
