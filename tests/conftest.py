@@ -36,6 +36,8 @@ _LONGEST_FIRST = (
     "losses/test_properties.py", "train/test_trainer.py", "experiments/test_mi_bound.py",
     "test_notebook.py", "train/test_mlp_projection.py", "experiments/test_ablations.py",
     "losses/test_accelerator_check.py", "experiments/test_beta_geometry.py",
+    "train/test_workdir_integrity.py", "losses/test_fused.py", "test_doctests.py",
+    "losses/test_core_install.py",
 )
 
 
