@@ -48,6 +48,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from projnce_jax.losses._common import compute_dtype
+from projnce_jax.losses._common import to_varying
+from projnce_jax.losses.sample import _ring_perm
+
 # Block sizes per backend: (block_r, block_c) rows x columns of one score tile, plus the
 # Triton launch settings. Each entry's reason is beside it. Untuned on a real chip until the
 # accelerator check's block sweep (benchmarks/accelerator_check.py) has run there.
@@ -85,21 +89,16 @@ def _next_pow2(x: int) -> int:
   return 1 << max(0, (x - 1).bit_length())
 
 
-def _acc_dtype(dtype):
-  """Accumulation dtype: float64 for float64 input, else float32."""
-  return jnp.float64 if dtype == jnp.float64 else jnp.float32
-
-
 def _dot_nt(a, b):
   """a [r, d] . b [c, d]^T -> [r, c] in float32 (float64 for float64 input)."""
   return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())),
-                             preferred_element_type=_acc_dtype(a.dtype))
+                             preferred_element_type=compute_dtype(a.dtype))
 
 
 def _dot_nn(a, b):
   """a [r, c] . b [c, d] -> [r, d], a cast to b's dtype, accumulated in >= float32."""
   return jax.lax.dot_general(a.astype(b.dtype), b, (((1,), (0,)), ((), ())),
-                             preferred_element_type=_acc_dtype(b.dtype))
+                             preferred_element_type=compute_dtype(b.dtype))
 
 
 # ----------------------------------------------------------------------------------------
@@ -156,7 +155,7 @@ def _triton_params(blocks):
 def _loop_fwd(x, y, row_qid, col_kid, *, blocks, interpret):
   (r, d), c = x.shape, y.shape[0]
   br, bc = blocks["block_r"], blocks["block_c"]
-  acc = _acc_dtype(x.dtype)
+  acc = compute_dtype(x.dtype)
 
   def kernel(x_ref, qid_ref, y_ref, kid_ref, lse_ref):
     xb, qid = x_ref[...], qid_ref[...]
@@ -182,7 +181,7 @@ def _loop_fwd(x, y, row_qid, col_kid, *, blocks, interpret):
 def _loop_bwd(x, y, row: _Stats, col: _Stats, *, sides, blocks, interpret):
   (r, d), c = x.shape, y.shape[0]
   br, bc = blocks["block_r"], blocks["block_c"]
-  acc = _acc_dtype(x.dtype)
+  acc = compute_dtype(x.dtype)
 
   def kernel(x_ref, rq_ref, rk_ref, rl_ref, rg_ref, y_ref, cq_ref, ck_ref, cl_ref, cg_ref,
              out_ref):
@@ -228,7 +227,6 @@ def _varying_axes(*xs):
 
 
 def _vary(x, axes):
-  from projnce_jax.losses._common import to_varying  # pylint: disable=g-import-not-at-top
   for axis in sorted(axes):
     x = to_varying(x, axis)
   return x
@@ -239,7 +237,8 @@ def _col_blocks(v, bc):
 
 
 def _xla_fwd(x, y, row_qid, col_kid, *, blocks):
-  bc, acc, axes = blocks["block_c"], _acc_dtype(x.dtype), _varying_axes(x, y, row_qid, col_kid)
+  bc, acc = blocks["block_c"], compute_dtype(x.dtype)
+  axes = _varying_axes(x, y, row_qid, col_kid)
   init = (jnp.full((x.shape[0],), -jnp.inf, acc), jnp.zeros((x.shape[0],), acc))
 
   def step(carry, cols):
@@ -250,7 +249,7 @@ def _xla_fwd(x, y, row_qid, col_kid, *, blocks):
 
 
 def _xla_bwd(x, y, row: _Stats, col: _Stats, *, sides, blocks):
-  bc, acc = blocks["block_c"], _acc_dtype(x.dtype)
+  bc, acc = blocks["block_c"], compute_dtype(x.dtype)
   axes = _varying_axes(x, y, row, col)
 
   def step(out, cols):
@@ -290,7 +289,7 @@ def _vmem(shape, dtype):
 def _grid_fwd(x, y, row_qid, col_kid, *, blocks, interpret=False):
   (r, d), c = x.shape, y.shape[0]
   br, bc = blocks["block_r"], blocks["block_c"]
-  acc = _acc_dtype(x.dtype)
+  acc = compute_dtype(x.dtype)
 
   def kernel(x_ref, qid_ref, y_ref, kid_ref, lse_ref, m_ref, l_ref):
     j = pl.program_id(1)
@@ -327,7 +326,7 @@ def _grid_fwd(x, y, row_qid, col_kid, *, blocks, interpret=False):
 def _grid_bwd(x, y, row: _Stats, col: _Stats, *, sides, blocks, interpret=False):
   (r, d), c = x.shape, y.shape[0]
   br, bc = blocks["block_r"], blocks["block_c"]
-  acc = _acc_dtype(x.dtype)
+  acc = compute_dtype(x.dtype)
 
   def kernel(x_ref, rq_ref, rk_ref, rl_ref, rg_ref, y_ref, cq_ref, ck_ref, cl_ref, cg_ref,
              out_ref, acc_ref):
@@ -551,11 +550,6 @@ def _thaw(blocks):
 # Ring: each step calls the same kernels on (local anchors, the visiting key block).
 
 
-def _ring_perm(axis_name):
-  size = jax.lax.axis_size(axis_name)
-  return size, [(j, (j + 1) % size) for j in range(size)]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def ring_lse(q, k, q_ids, k_kids, axis_name, blocks=None):
   """`cross_lse` with the keys spread over the devices of `axis_name` and passed around the
@@ -564,7 +558,6 @@ def ring_lse(q, k, q_ids, k_kids, axis_name, blocks=None):
 
 
 def _ring_fwd(q, k, q_ids, k_kids, axis_name, blocks):
-  from projnce_jax.losses._common import to_varying  # pylint: disable=g-import-not-at-top
   size, perm = _ring_perm(axis_name)
   b = _thaw(blocks)
   lse = _fwd(q, k, q_ids, k_kids, b)
@@ -579,7 +572,6 @@ def _ring_fwd(q, k, q_ids, k_kids, axis_name, blocks):
 
 
 def _ring_bwd(axis_name, blocks, res, g):
-  from projnce_jax.losses._common import to_varying  # pylint: disable=g-import-not-at-top
   q, k, q_ids, k_kids, lse = res
   size, perm = _ring_perm(axis_name)
   b = _thaw(blocks)

@@ -1,5 +1,4 @@
 """One writer per workdir, refused reruns that change nothing, one-line user errors."""
-import hashlib
 import json
 import os
 import subprocess
@@ -12,18 +11,9 @@ from projnce_jax import train
 from projnce_jax.train import workdir_lock
 from projnce_jax.train.trainer import train_and_evaluate
 
+from .test_rerun import _snapshot  # {relative path: bytes} of a folder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _snapshot(folder):
-  """{relative path: sha256} of every file under `folder`."""
-  out = {}
-  for root, _, files in os.walk(folder):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 def test_lock_refuses_a_second_holder_and_takes_over_a_dead_one(tmp_path, caplog):
