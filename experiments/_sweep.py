@@ -123,10 +123,71 @@ def run_cell(config, workdir: str, *, hooks: Sequence[Callable] = (),
   return res, True
 
 
-def config_hash(config) -> str:
-  """A short, stable hash of every field of a trainer config."""
+def config_hash(config, code: Optional[str] = None) -> str:
+  """A short, stable hash of every field of a trainer config (and of `code`, if given)."""
   text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  if code is not None:
+    text += "\ncode:" + code
   return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+# The source that decides what a cell computes: the package and the trainer configs.
+CODE_PATHS = ("projnce_jax", "configs")
+
+
+def code_version(root: str, paths: Sequence[str] = CODE_PATHS) -> Dict[str, Any]:
+  """The version of the code a cell runs: a hash of its source files, and the git commit.
+
+  The hash covers the content of every ``*.py`` file under `paths` (relative to `root`),
+  so it changes with the code a cell runs -- committed or not -- and with nothing else (a
+  change to the docs or to another experiment keeps it). The commit and whether those paths
+  differ from it are recorded beside it for provenance.
+
+  Returns:
+    {"sha256": 16 hex digits, "commit": HEAD or None, "dirty": bool or None}.
+  """
+  import subprocess  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256()
+  for top in paths:
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, top)):
+      dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
+      for name in sorted(filenames):
+        if name.endswith(".py"):
+          path = os.path.join(dirpath, name)
+          h.update(os.path.relpath(path, root).encode() + b"\0")
+          with open(path, "rb") as f:
+            h.update(f.read() + b"\0")
+  commit = dirty = None
+  try:
+    commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", root, "status", "--porcelain", "--", *paths],
+                                check=True, capture_output=True, text=True).stdout.strip())
+  except (OSError, subprocess.CalledProcessError):
+    pass
+  return {"sha256": h.hexdigest()[:16], "commit": commit, "dirty": dirty}
+
+
+def environment() -> Dict[str, Any]:
+  """What else decides a cell's rounding: library versions, CPU model, threads, XLA flags."""
+  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
+  versions = {}
+  for dist in ("jax", "jaxlib", "flax", "optax", "numpy"):
+    try:
+      versions[dist] = md.version(dist)
+    except md.PackageNotFoundError:
+      versions[dist] = None
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name")), cpu)
+  except OSError:
+    pass
+  threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count())
+  return {**versions, "python": platform.python_version(), "cpu_model": cpu,
+          "cpu_threads": threads, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def _process_alive(holder: Mapping[str, Any]) -> bool:
@@ -178,12 +239,23 @@ class CellCache:
     out: the sweep's output folder.
     budget: limits on new cells (default: none).
     log: called with one line per cell (default: print).
+    code: `code_version()` of the running code; its hash joins the config hash.
+    env: `environment()`, stored with each new cell.
   """
 
+  def hash(self, config) -> str:
+    return config_hash(config, None if self.code is None else self.code["sha256"])
+
   def __init__(self, out: str, budget: Optional[Budget] = None,
-               log: Callable[[str], None] = lambda s: print(s, flush=True)):
+               log: Callable[[str], None] = lambda s: print(s, flush=True),
+               code: Optional[Mapping[str, Any]] = None,
+               env: Optional[Mapping[str, Any]] = None):
     self.out = out
     self.budget = budget or Budget()
+    # With `code` (a `code_version()`), the config hash covers the code's hash: a cell made
+    # by other code is trained again. Both are stored in every new cell's record.
+    self.code = dict(code) if code is not None else None
+    self.env = dict(env) if env is not None else None
     self.log = log
     self.reused = 0
     self.stale = 0
@@ -227,7 +299,7 @@ class CellCache:
       return None
     with open(path) as f:
       stored = json.load(f)
-    if stored.get("config_hash") != config_hash(config):
+    if stored.get("config_hash") != self.hash(config):
       return None
     return stored["record"]
 
@@ -249,7 +321,7 @@ class CellCache:
       The record, with "status", "wall_seconds", "config_hash" and "reused" added; None
       when the cell is not finished and the budget forbids training it now.
     """
-    chash = config_hash(config)
+    chash = self.hash(config)
     record = self.lookup(key, config)
     if record is not None:
       self.reused += 1
@@ -272,7 +344,9 @@ class CellCache:
       self.budget.cells_run += 1
       record = dict(extract(res), status=res.get("status", "ok"),
                     wall_seconds=res.get("wall_seconds"), config_hash=chash,
-                    load_average_at_start=load, trained_now=ran)
+                    load_average_at_start=load, trained_now=ran,
+                    **({"code": self.code} if self.code is not None else {}),
+                    **({"environment": self.env} if self.env is not None else {}))
       _write_json(self.cell_path(key), {"key": key, "config_hash": chash,
                                         "config": json.loads(json.dumps(
                                             config.to_dict(), default=str)),
@@ -330,3 +404,65 @@ def paired_difference(a: Mapping[Any, Optional[float]], b: Mapping[Any, Optional
     half = t * sd / math.sqrt(d.size)
     out.update(sd=sd, t_crit=t, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
   return out
+
+
+def unpaired_difference(a: Mapping[Any, Optional[float]], b: Mapping[Any, Optional[float]],
+                        confidence: float = 0.95) -> Dict[str, Any]:
+  """mean(a) - mean(b) with a Welch t interval, ignoring which seed each value came from.
+
+  Beside `paired_difference`: pairing removes the variance the seeds share (initialisation,
+  data order); this interval keeps it.
+
+  Returns:
+    {"n_a", "n_b", "mean", "ci_low", "ci_high", "df"} (interval None with < 2 values each).
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  va, vb = _finite(list(a.values())), _finite(list(b.values()))
+  out = {"n_a": int(va.size), "n_b": int(vb.size), "mean": None, "ci_low": None,
+         "ci_high": None, "df": None}
+  if va.size == 0 or vb.size == 0:
+    return out
+  out["mean"] = float(va.mean() - vb.mean())
+  if va.size < 2 or vb.size < 2:
+    return out
+  qa, qb = va.var(ddof=1) / va.size, vb.var(ddof=1) / vb.size
+  se = math.sqrt(qa + qb)
+  if se == 0.0:
+    out.update(ci_low=out["mean"], ci_high=out["mean"], df=float("inf"))
+    return out
+  df = (qa + qb) ** 2 / (qa ** 2 / (va.size - 1) + qb ** 2 / (vb.size - 1))
+  half = float(stats.t.ppf((1.0 + confidence) / 2.0, df)) * se
+  out.update(ci_low=out["mean"] - half, ci_high=out["mean"] + half, df=float(df))
+  return out
+
+
+def rounding_variance(original: Mapping[Any, float], rerun: Mapping[Any, float]
+                      ) -> Dict[str, Any]:
+  """The variance of one paired difference that a change of rounding alone causes.
+
+  `original[s]` and `rerun[s]` are the same seed's paired difference computed twice, the
+  second under a perturbation that changes only floating-point rounding (another device
+  count for the same global batch). If both are draws around the seed's expectation,
+  Var(original - rerun) = 2 sigma_r^2, so sigma_r^2 = mean((original - rerun)^2) / 2.
+
+  Returns:
+    {"n", "seeds", "deltas", "var"} (var None without a seed in both).
+  """
+  seeds = sorted(s for s in original if s in rerun and original[s] is not None
+                 and rerun[s] is not None)
+  deltas = [float(original[s]) - float(rerun[s]) for s in seeds]
+  var = float(np.mean(np.square(deltas)) / 2.0) if deltas else None
+  return {"n": len(seeds), "seeds": seeds, "deltas": deltas, "var": var}
+
+
+def widened_interval(diff: Mapping[str, Any], rounding_var: Optional[float]
+                     ) -> Tuple[Optional[float], Optional[float]]:
+  """The paired interval with the rounding variance added to each seed's difference.
+
+  sd' = sqrt(sd^2 + sigma_r^2), same t quantile and n. The seeds' sd already holds part of
+  the rounding variance, so this counts it twice at most: it errs wide.
+  """
+  if diff.get("sd") is None or rounding_var is None:
+    return None, None
+  half = diff["t_crit"] * math.sqrt(diff["sd"] ** 2 + rounding_var) / math.sqrt(diff["n"])
+  return diff["mean"] - half, diff["mean"] + half

@@ -79,6 +79,13 @@ PREREGISTERED_SEEDS = 5
 MIN_EPOCHS = 20
 SPREAD = 2.0  # pooled sds of `compare` (kept for experiments that use that rule)
 
+FULL_SCALE_DATASET = "fashion_mnist_full"
+FULL_SCALE_TARGET = PRIMARY_TARGET
+FULL_SCALE_OTHER = "projnce_kernel"
+FULL_SCALE_MIN_EPOCHS = 10
+FULL_MAX_GRID = 6
+ROUNDING_SEEDS = (0, 1, 2)
+
 PREREGISTRATION = f"""\
 ## Preregistration (fixed before the sweep; written by the script from a constant)
 
@@ -99,6 +106,27 @@ PREREGISTRATION = f"""\
   fashion_mnist_local (10,000 training images) and spoken_digits at both noise levels;
   kNN; probe and kNN trained on the clean training labels; the held-out MI bound; every
   other method's accuracy.
+
+### Protocol 2 (added before its first cell; the endpoint above is unchanged)
+
+- Tuning: every hyperparameter of every method, the contrastive methods' learning rate
+  included, on a grid extended until the chosen value is interior (or the grid holds
+  {FULL_MAX_GRID} values, or a stated limit; such a choice is marked in tuned.json); the
+  number of stage-1 cells per method is reported beside the results.
+- Full-scale comparison: {FULL_SCALE_DATASET} (the whole Fashion-MNIST training split:
+  54,000 train / 6,000 validation, 10,000 test) at noise {PRIMARY_NOISE:g} (and 0,
+  secondary); {FULL_SCALE_TARGET} minus supcon and minus cross_entropy, and
+  {FULL_SCALE_OTHER} (the projection with the largest gain over supcon on the
+  10,000-image subset at noise 0.4 under protocol 1) minus the same references, on the
+  primary metric, paired over {PREREGISTERED_SEEDS} seeds with 95% t-intervals.
+  Hyperparameters are fashion_mnist_local's (stage 1 on the 10,000-image subset); the
+  length is chosen on the full validation split from {{10, 20, 30}} epochs, extended by
+  10 while the validation accuracy still rises; adequate means at least
+  {FULL_SCALE_MIN_EPOCHS} epochs (an epoch here is 5.4x the subset's steps).
+- Variance: beside each paired interval, the unpaired (Welch) interval, and, where
+  stage-2 cells were rerun with the same global batch on 2 devices (a change of rounding
+  only), the paired interval widened by the rounding variance of a seed's difference.
+  A verdict that the widened interval does not support is reported as such.
 """
 
 
@@ -133,6 +161,17 @@ class Setting:
     epoch_choices: stage-1 training lengths (epochs).
     length_methods: methods whose mean validation accuracy chooses the length.
     length_tolerance: accuracy (fraction) below the best that a shorter length may lose.
+    epoch_step: the length grid grows by this many epochs while its longest length scores
+      best (validation accuracy still rising), up to `max_epochs`.
+    max_epochs: the longest length stage 1 tries.
+    epoch_choices_by_dataset: datasets with another length grid than `epoch_choices`.
+    grid_ratio: a hyperparameter grid grows by this factor beyond the end where its best
+      value lies (`extend_grid`).
+    grid_limit_pairs: (hyperparameter, (lowest, highest)) values an extension may reach.
+    max_grid: values per hyperparameter grid at most (initial ones included).
+    hp_source: (dataset, source): the dataset takes the source's stage-1 values and
+      chooses only its length (fashion_mnist_full takes the 10,000-image subset's: a
+      54,000-image cell costs about 5x as much).
     fashion_subset: dataset.train_subset of fashion_mnist_local.
   """
   name: str = "full"
@@ -149,6 +188,8 @@ class Setting:
       ("mnist5k", tuple(METHODS)),
       ("fashion_mnist_local", ("cross_entropy", "supcon", "projnce_centroid",
                                "projnce_kernel", "projnce_mlp")),
+      ("fashion_mnist_full", ("cross_entropy", "supcon", "projnce_centroid",
+                              "projnce_kernel")),
       ("spoken_digits", ("cross_entropy", "supcon", "projnce_centroid", "projnce_kernel",
                          "projnce_mlp")))
   noises: Tuple[float, ...] = (0.0, 0.4)
@@ -157,7 +198,8 @@ class Setting:
   tune_seed: int = 100
   tune_noises: Tuple[float, ...] = (0.0, 0.4)
   tune_noises_by_dataset: Tuple[Tuple[str, Tuple[float, ...]], ...] = (
-      ("fashion_mnist_local", (0.4,)), ("spoken_digits", (0.4,)))
+      ("fashion_mnist_local", (0.4,)), ("fashion_mnist_full", (0.4,)),
+      ("spoken_digits", (0.4,)))
   temperatures: Tuple[float, ...] = (0.05, 0.1, 0.2)
   lr_factors: Tuple[float, ...] = (0.5, 1.0, 2.0)
   betas: Tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -165,6 +207,16 @@ class Setting:
   epoch_choices: Tuple[int, ...] = (20, 30, 40)
   length_methods: Tuple[str, ...] = ("cross_entropy", "supcon", "projnce_centroid")
   length_tolerance: float = 0.005
+  epoch_step: int = 10
+  max_epochs: int = 80
+  epoch_choices_by_dataset: Tuple[Tuple[str, Tuple[int, ...]], ...] = (
+      ("fashion_mnist_full", (10, 20, 30)),)
+  grid_ratio: float = 2.0
+  grid_limit_pairs: Tuple[Tuple[str, Tuple[float, float]], ...] = (
+      ("lr_factor", (1 / 16, 16.0)), ("temperature", (0.0125, 1.6)),
+      ("beta", (0.125, 8.0)), ("bandwidth", (0.125, 8.0)))
+  max_grid: int = 6
+  hp_source: Tuple[Tuple[str, str], ...] = (("fashion_mnist_full", "fashion_mnist_local"),)
   fashion_subset: int = 10000
 
   @property
@@ -179,6 +231,31 @@ class Setting:
     """The noise rates stage 1 tunes `dataset` at."""
     return dict(self.tune_noises_by_dataset).get(dataset, self.tune_noises)
 
+  def epoch_choices_of(self, dataset: str) -> Tuple[int, ...]:
+    """The initial length grid of `dataset` (its first entry is the tuning length)."""
+    return dict(self.epoch_choices_by_dataset).get(dataset, self.epoch_choices)
+
+  @property
+  def grid_limits(self) -> Dict[str, Tuple[float, float]]:
+    return dict(self.grid_limit_pairs)
+
+
+# Hyperparameter -> the Setting field holding its initial grid.
+GRIDS = {"lr_factor": "lr_factors", "temperature": "temperatures", "beta": "betas",
+         "bandwidth": "bandwidths"}
+
+
+def hp_order(method: str) -> Tuple[str, ...]:
+  """The hyperparameters stage 1 tunes for `method`, in order (coordinate-wise)."""
+  if method == "cross_entropy":
+    return ("lr_factor",)
+  order = ("temperature", "lr_factor")
+  if method.startswith("projnce_"):
+    order += ("beta",)
+  if method == "projnce_kernel":
+    order += ("bandwidth",)
+  return order
+
 
 FULL = Setting()
 SMALLEST = Setting(
@@ -187,7 +264,8 @@ SMALLEST = Setting(
     methods=(("mnist5k", ("cross_entropy", "supcon", "projnce_centroid")),),
     noises=(0.4,), seeds=(0, 1), checkpoint_every=3, tune_noises=(0.4,),
     temperatures=(0.1,), lr_factors=(1.0,), betas=(1.0,), bandwidths=(1.0,),
-    epoch_choices=(1,), length_methods=("supcon", "projnce_centroid"))
+    epoch_choices=(1,), length_methods=("supcon", "projnce_centroid"), max_grid=1,
+    epoch_choices_by_dataset=(), hp_source=())
 SMALL = SMALLEST  # the name used by experiments that import this module
 
 
@@ -210,6 +288,10 @@ def available_fields() -> set:
   return out
 
 
+# Sweep dataset names that train on another registered dataset (all its training images).
+SOURCE_DATASET = {"fashion_mnist_full": "fashion_mnist_local"}
+
+
 def dataset_skip_reason(dataset: str, stage: int) -> Optional[str]:
   """Why `dataset` cannot run in `stage` with this checkout, or None when it can."""
   from projnce_jax.data import sources  # pylint: disable=g-import-not-at-top
@@ -217,7 +299,7 @@ def dataset_skip_reason(dataset: str, stage: int) -> Optional[str]:
   if stage == 1 and "eval_split" not in fields:
     return ("the trainer config has no `eval_split` field, so tuning would read the test "
             "split; stage 1 needs the validation split")
-  if dataset not in sources.list_datasets():
+  if SOURCE_DATASET.get(dataset, dataset) not in sources.list_datasets():
     return f"dataset {dataset!r} is not registered in projnce_jax.data"
   if dataset == "fashion_mnist_local" and "dataset.train_subset" not in fields:
     return ("the trainer config has no `dataset.train_subset` field (the 10,000-image "
@@ -240,7 +322,7 @@ def _dataset_base(setting: Setting, dataset: str):
   c = train.base_config()
   c.dataset.augment.crop_scale = tuple(setting.crop_scale)
   c = train.apply_overrides(c, {
-      "dataset": {"name": dataset},
+      "dataset": {"name": SOURCE_DATASET.get(dataset, dataset)},
       "model": {"name": "small_cnn", "widths": tuple(setting.widths),
                 "extra_convs": setting.extra_convs},
       "optimizer": {"base_lr": setting.base_lr}})
@@ -367,16 +449,38 @@ def _score(record: Optional[Dict[str, Any]]) -> float:
   return float(v) if v is not None and math.isfinite(v) else -math.inf
 
 
+def extend_grid(grid: Sequence[float], scores: Sequence[float], ratio: float,
+                limits: Tuple[float, float], max_size: int) -> Optional[float]:
+  """The next value of a geometric grid to try, or None once the best value is interior.
+
+  When the best score is at an end of `grid` (sorted ascending), the grid grows by one value
+  beyond that end (times or divided by `ratio`), unless that value leaves `limits` or the
+  grid already holds `max_size` values. Ties go to the smaller value (numpy's argmax).
+  """
+  i = int(np.argmax(scores))
+  if 0 < i < len(grid) - 1 or len(grid) >= max_size:
+    return None
+  value = grid[0] / ratio if i == 0 else grid[-1] * ratio
+  value = float(f"{value:.6g}")
+  return value if limits[0] <= value <= limits[1] else None
+
+
 def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
                  planned: List[str], methods: Optional[Sequence[str]] = None,
-                 noises: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+                 noises: Optional[Sequence[float]] = None,
+                 inherited: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Stage 1 for one dataset; returns its entry of tuned.json ("complete" says if done).
 
-  Each method's steps (learning rate or temperature, then beta, then bandwidth) depend only
+  Coordinate-wise, each method through its hyperparameters in `hp_order` (cross-entropy:
+  learning rate; contrastive: temperature, learning rate, then beta for ProjNCE and the
+  bandwidth for the kernel projection), each at the values chosen before it. Every
+  hyperparameter's grid is extended (`extend_grid`) until the chosen value is interior, or
+  the grid reaches `max_grid` values or a limit (recorded). Each method's steps depend only
   on its own cells, so methods are tuned one after the other and `by_noise[noise]` holds a
-  method only once all its steps are done: a value there is final. The length is chosen
-  (`num_epochs`) once the length methods are final at the highest tuning noise and all
-  lengths are scored, whatever the other methods' state.
+  method only once all its steps are done: a value there is final. Then the training
+  length, with the length methods' chosen values at the highest tuning noise: the grid
+  `epoch_choices` is extended by `epoch_step` while its longest length scores best, and the
+  shortest length within `length_tolerance` of the best is kept.
 
   Args:
     cache: the cell cache.
@@ -387,16 +491,28 @@ def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
     methods: tune only these (default: all of the dataset's); "complete" then refers to
       them.
     noises: tune only at these of `setting.tune_noises_of(dataset)` (default: all).
+    inherited: for a dataset in `setting.hp_source`, the source dataset's entry: its
+      chosen values are used as they are and only the length is chosen here.
+
+  Returns:
+    {"complete", "by_noise": {noise: {method: hp}}, "search": {noise: {method: {hp:
+    {"grid", "scores", "chosen", "interior"}}}}, "budget": {noise: {method: cells}},
+    "scores", "length": {"grid", "scores", "chosen", "interior"}, "num_epochs"}.
   """
   methods = [m for m in setting.methods_by_dataset[dataset]
              if methods is None or m in methods]
   tune_noises = [n for n in setting.tune_noises_of(dataset)
                  if noises is None or n in noises]
   base_lr = dataset_base_lr(setting, dataset)
-  entry: Dict[str, Any] = {"complete": False, "by_noise": {}, "scores": {}}
+  epoch_grid = list(setting.epoch_choices_of(dataset))
+  entry: Dict[str, Any] = {"complete": False, "by_noise": {}, "search": {}, "budget": {},
+                           "scores": {}}
+  source = dict(setting.hp_source).get(dataset)
+  if source is not None:
+    entry["hyperparameters_from"] = source
 
   def cell(method, hp, noise, epochs=None):
-    if epochs == setting.num_epochs:
+    if epochs == epoch_grid[0]:
       epochs = None  # the same cell as the tuning steps'
     full_hp = dict(hp, **({"num_epochs": epochs} if epochs else {}))
     key = (f"stage1/{dataset}/noise{noise:g}/{hp_name(method, full_hp)}/"
@@ -404,59 +520,94 @@ def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
     if key not in planned:  # a reused cell (beta 1 after the temperature step) counts once
       planned.append(key)
     config = build_config(setting, dataset, hp_overrides(method, hp, base_lr), noise,
-                          setting.tune_seed, eval_split="validation", num_epochs=epochs)
+                          setting.tune_seed, eval_split="validation",
+                          num_epochs=epochs or epoch_grid[0])
     rec = cache.get_or_run(key, config, cell_record)
     entry["scores"][key] = None if rec is None else rec.get("linear_probe_accuracy")
     return rec
 
-  def best(method, noise, candidates):
-    recs = [(hp, cell(method, hp, noise)) for hp in candidates]
-    scores = [_score(r) for _, r in recs]  # raises Incomplete before choosing
-    return recs[int(np.argmax(scores))][0]
+  def search(method, noise, hp, name, used):
+    """Tunes `name` at the other values of `hp`; returns the updated hp."""
+    grid = sorted(getattr(setting, GRIDS[name]))
+    lo, hi = setting.grid_limits[name]
+    while True:
+      recs = [cell(method, dict(hp, **{name: v}), noise) for v in grid]
+      for v in grid:
+        used.add(hp_name(method, dict(hp, **{name: v})))
+      scores = [_score(r) for r in recs]  # raises Incomplete before choosing
+      nxt = extend_grid(grid, scores, setting.grid_ratio, (lo, hi), setting.max_grid)
+      if nxt is None:
+        break
+      grid = sorted(grid + [nxt])
+    i = int(np.argmax(scores))
+    record = {"grid": grid, "scores": scores, "chosen": grid[i],
+              "interior": 0 < i < len(grid) - 1}
+    return dict(hp, **{name: grid[i]}), record
 
   def tune_method(m, noise):
-    if m == "cross_entropy":
-      hp = best(m, noise, [{"lr_factor": f} for f in setting.lr_factors])
-    else:
-      hp = best(m, noise, [{"temperature": t} for t in setting.temperatures])
-    if m.startswith("projnce_"):
-      hp = best(m, noise, [dict(hp, beta=b) for b in setting.betas])
-    if m == "projnce_kernel":
-      hp = best(m, noise, [dict(hp, bandwidth=w) for w in setting.bandwidths])
+    hp: Dict[str, float] = {}
+    searched: Dict[str, Any] = {}
+    used: set = set()
+    try:
+      for name in hp_order(m):
+        hp, searched[name] = search(m, noise, hp, name, used)
+    finally:
+      entry["search"].setdefault(f"{noise:g}", {})[m] = searched
+      entry["budget"].setdefault(f"{noise:g}", {})[m] = len(used)
     return hp
 
   incomplete = False
-  for noise in tune_noises:
-    chosen: Dict[str, Dict[str, float]] = {}
-    for m in methods:
-      try:
-        chosen[m] = tune_method(m, noise)
-      except Incomplete:
-        incomplete = True
-    entry["by_noise"][f"{noise:g}"] = chosen
+  if source is not None:
+    src = inherited or {}
+    for noise in tune_noises:
+      near = (min(src.get("by_noise", {}), key=lambda n: abs(float(n) - noise))
+              if src.get("by_noise") else None)
+      chosen = {m: dict(src["by_noise"][near][m]) for m in methods
+                if near is not None and m in src["by_noise"][near]}
+      incomplete |= len(chosen) < len(methods)
+      entry["by_noise"][f"{noise:g}"] = chosen
+  else:
+    for noise in tune_noises:
+      chosen: Dict[str, Dict[str, float]] = {}
+      for m in methods:
+        try:
+          chosen[m] = tune_method(m, noise)
+        except Incomplete:
+          incomplete = True
+      entry["by_noise"][f"{noise:g}"] = chosen
 
   # Training length at the highest tuning noise, with the values chosen there.
   noise = max(setting.tune_noises_of(dataset))
   chosen = entry["by_noise"].get(f"{noise:g}", {})
   length_methods = [m for m in setting.length_methods
                     if m in setting.methods_by_dataset[dataset]]
-  lengths = {}
-  if noise in tune_noises:
-    for epochs in setting.epoch_choices:
-      try:
-        if any(m not in chosen for m in length_methods):
-          raise Incomplete()
-        lengths[epochs] = float(np.mean([_score(cell(m, chosen[m], noise, epochs))
-                                         for m in length_methods]))
-      except Incomplete:
-        incomplete = True
-  entry["length_scores"] = {str(k): v for k, v in lengths.items()}
-  if len(lengths) == len(setting.epoch_choices):
+  lengths: Dict[int, float] = {}
+  length_done = False
+  if noise in tune_noises and all(m in chosen for m in length_methods):
+    try:
+      while True:
+        for epochs in epoch_grid:
+          if epochs not in lengths:
+            lengths[epochs] = float(np.mean([_score(cell(m, chosen[m], noise, epochs))
+                                             for m in length_methods]))
+        scores = [lengths[e] for e in epoch_grid]
+        rising = len(epoch_grid) > 1 and int(np.argmax(scores)) == len(epoch_grid) - 1
+        if not rising or epoch_grid[-1] + setting.epoch_step > setting.max_epochs:
+          break
+        epoch_grid.append(epoch_grid[-1] + setting.epoch_step)  # still rising: longer
+      length_done = True
+    except Incomplete:
+      incomplete = True
+  else:
+    incomplete = True
+  entry["length_scores"] = {str(k): v for k, v in sorted(lengths.items())}
+  if length_done:
     top = max(lengths.values())
     entry["num_epochs"] = min(e for e, v in lengths.items()
                               if v >= top - setting.length_tolerance)
-  else:
-    incomplete = True
+    scores = [lengths[e] for e in epoch_grid]
+    entry["length"] = {"grid": epoch_grid, "scores": scores, "chosen": entry["num_epochs"],
+                       "interior": int(np.argmax(scores)) < len(epoch_grid) - 1}
   entry["complete"] = not incomplete
   return entry
 
@@ -500,6 +651,15 @@ def stage2_grid(setting: Setting, datasets: Sequence[str]):
             yield ds, noise, m, seed
 
 
+def _stage2_config(setting: Setting, ds: str, method: str, hp: Dict[str, float],
+                   noise: float, seed: int, epochs: int, num_devices: Optional[int] = None):
+  config = build_config(setting, ds, hp_overrides(method, hp, dataset_base_lr(setting, ds)),
+                        noise, seed, num_epochs=epochs)
+  if num_devices is not None:
+    config.num_devices = num_devices  # an existing field: allowed on a locked config
+  return config
+
+
 def run_stage2(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str],
                tuned: Dict[str, Any], planned: List[str], allow_untuned: bool = False,
                noises: Optional[Sequence[float]] = None,
@@ -524,8 +684,7 @@ def run_stage2(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str
     final = entry.get("complete") or (was_tuned and "num_epochs" in entry)
     if not final and ("by_noise" in entry or not allow_untuned):
       continue  # stage 1 is under way (its values would change this config) or not run
-    config = build_config(setting, ds, hp_overrides(m, hp, dataset_base_lr(setting, ds)),
-                          noise, seed, num_epochs=epochs)
+    config = _stage2_config(setting, ds, m, hp, noise, seed, epochs)
     rec = cache.get_or_run(key, config, cell_record)
     if rec is None:
       continue
@@ -550,6 +709,70 @@ def primary_first(cache: _sweep.CellCache, setting: Setting) -> List[Dict[str, A
                        noises=(max(setting.tune_noises_of(PRIMARY_DATASET)),))
   return run_stage2(cache, setting, [PRIMARY_DATASET], {PRIMARY_DATASET: entry}, [],
                     noises=(PRIMARY_NOISE,), methods=primary)
+
+
+def full_scale_first(cache: _sweep.CellCache, setting: Setting, tuned: Dict[str, Any]
+                     ) -> List[Dict[str, Any]]:
+  """The protocol-2 comparison before the rest: its source's stage 1 for its methods, its
+  length, then its stage-2 cells at PRIMARY_NOISE, seed by seed (same keys and configs as
+  the full passes, which read them from the cache)."""
+  ds = FULL_SCALE_DATASET
+  source = dict(setting.hp_source).get(ds)
+  methods = setting.methods_by_dataset[ds]
+  print(f"full-scale comparison next: {ds} (hyperparameters from {source}), noise "
+        f"{PRIMARY_NOISE:g}, {list(methods)}", flush=True)
+  src = tune_dataset(cache, setting, source, [], methods=methods,
+                     noises=(max(setting.tune_noises_of(source)),))
+  entry = tune_dataset(cache, setting, ds, [], inherited=src)
+  tuned = dict(tuned, **{ds: entry})
+  return run_stage2(cache, setting, [ds], tuned, [], noises=(PRIMARY_NOISE,),
+                    methods=methods)
+
+
+def run_rounding(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str],
+                 tuned: Dict[str, Any]) -> List[Dict[str, Any]]:
+  """Stage-2 cells of the endpoint methods at PRIMARY_NOISE, seeds ROUNDING_SEEDS, again on
+  2 devices (same global batch, synchronised batch norm): only the rounding changes."""
+  cells = []
+  for ds in datasets:
+    entry = tuned.get(ds, {})
+    if "num_epochs" not in entry:
+      continue
+    for seed in ROUNDING_SEEDS:
+      for m in (PRIMARY_TARGET,) + PRIMARY_REFERENCES:
+        hp, was_tuned = stage2_hp(tuned, ds, m, PRIMARY_NOISE)
+        if not was_tuned or cache.lookup(f"stage2/{ds}/noise{PRIMARY_NOISE:g}/{m}/seed{seed}",
+                                         _stage2_config(setting, ds, m, hp, PRIMARY_NOISE,
+                                                        seed, entry["num_epochs"])) is None:
+          continue  # rerun only what exists once
+        key = f"rounding/devices2/stage2/{ds}/noise{PRIMARY_NOISE:g}/{m}/seed{seed}"
+        config = _stage2_config(setting, ds, m, hp, PRIMARY_NOISE, seed,
+                                entry["num_epochs"], num_devices=2)
+        rec = cache.get_or_run(key, config, cell_record)
+        if rec is not None:
+          cells.append(dict(rec, key=key, dataset=ds, noise=PRIMARY_NOISE, method=m,
+                            seed=seed))
+  return cells
+
+
+def rounding_values(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str],
+                    tuned: Dict[str, Any]) -> Dict[str, Dict[str, Optional[float]]]:
+  """"dataset|noise|method" -> {seed: primary metric} of the finished 2-device reruns."""
+  out: Dict[str, Dict[str, Optional[float]]] = {}
+  for ds in datasets:
+    entry = tuned.get(ds, {})
+    if "num_epochs" not in entry:
+      continue
+    for seed in ROUNDING_SEEDS:
+      for m in (PRIMARY_TARGET,) + PRIMARY_REFERENCES:
+        hp, was_tuned = stage2_hp(tuned, ds, m, PRIMARY_NOISE)
+        key = f"rounding/devices2/stage2/{ds}/noise{PRIMARY_NOISE:g}/{m}/seed{seed}"
+        rec = cache.lookup(key, _stage2_config(setting, ds, m, hp, PRIMARY_NOISE, seed,
+                                               entry["num_epochs"], num_devices=2))
+        if was_tuned and rec is not None and rec.get("status") == "ok":
+          out.setdefault(f"{ds}|{PRIMARY_NOISE:g}|{m}", {})[str(seed)] = rec.get(
+              PRIMARY_METRIC)
+  return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -594,28 +817,37 @@ def contrast_verdict(diff: Dict[str, Any], adequate: Tuple[bool, str]) -> str:
 
 
 def contrasts(summary: Dict[str, Dict[str, Any]], setting: Setting,
-              datasets: Sequence[str], epochs_by_dataset: Dict[str, Optional[int]]
+              datasets: Sequence[str], epochs_by_dataset: Dict[str, Optional[int]],
+              rounding: Optional[Dict[str, Dict[str, Optional[float]]]] = None
               ) -> List[Dict[str, Any]]:
-  """Paired differences per dataset, noise and metric.
+  """Paired differences per dataset, noise and metric, with their unpaired counterparts.
 
   PRIMARY_TARGET minus each reference on every accuracy metric (at noise 0 the training
-  labels are clean, so the clean-label metrics equal the plain ones and are left out), then,
-  marked `exploratory`, every other ProjNCE projection minus each reference on the primary
-  metric.
+  labels are clean, so the clean-label metrics equal the plain ones and are left out), then
+  every other ProjNCE projection minus each reference on the primary metric: exploratory,
+  except FULL_SCALE_OTHER on FULL_SCALE_DATASET (preregistered in protocol 2).
+
+  Args:
+    rounding: "dataset|noise|method" -> {seed: primary metric} of stage-2 cells rerun on
+      2 devices; where both methods of a contrast have reruns, the rounding variance of a
+      seed's difference widens the paired interval (`_sweep.widened_interval`).
   """
+  rounding = rounding or {}
   out = []
   for ds in datasets:
     targets = [PRIMARY_TARGET] + [m for m in setting.methods_by_dataset[ds]
                                   if m.startswith("projnce_") and m != PRIMARY_TARGET]
+    min_epochs = FULL_SCALE_MIN_EPOCHS if ds == FULL_SCALE_DATASET else MIN_EPOCHS
     for noise, target in [(n, t) for t in targets for n in setting.noises]:
       t = summary.get(f"{ds}|{noise:g}|{target}")
-      exploratory = target != PRIMARY_TARGET
+      exploratory = target != PRIMARY_TARGET and not (
+          ds == FULL_SCALE_DATASET and target == FULL_SCALE_OTHER)
       for ref in PRIMARY_REFERENCES:
         r = summary.get(f"{ds}|{noise:g}|{ref}")
         if t is None or r is None:
           continue
         for metric, _ in METRICS[:4]:
-          if (exploratory and metric != PRIMARY_METRIC) or (
+          if (target != PRIMARY_TARGET and metric != PRIMARY_METRIC) or (
               noise == 0 and metric.endswith("_clean_labels")):
             continue
           d = _sweep.paired_difference(t["by_seed"][metric], r["by_seed"][metric])
@@ -623,16 +855,35 @@ def contrasts(summary: Dict[str, Dict[str, Any]], setting: Setting,
           if d["n"] < PREREGISTERED_SEEDS:
             reasons.append(f"{d['n']} of {PREREGISTERED_SEEDS} paired seeds")
           epochs = epochs_by_dataset.get(ds)
-          if setting.num_steps is not None or (epochs or 0) < MIN_EPOCHS:
-            reasons.append(f"fewer than {MIN_EPOCHS} epochs")
+          if setting.num_steps is not None or (epochs or 0) < min_epochs:
+            reasons.append(f"fewer than {min_epochs} epochs")
           if not (t["tuned"] and r["tuned"]):
             reasons.append("hyperparameters not tuned on validation")
           adequate = (not reasons, "; ".join(reasons))
           primary = (ds == PRIMARY_DATASET and noise == PRIMARY_NOISE
-                     and metric == PRIMARY_METRIC and not exploratory)
-          out.append(dict(dataset=ds, noise=noise, target=target, reference=ref,
-                          metric=metric, primary=primary, exploratory=exploratory,
-                          verdict=contrast_verdict(d, adequate), **d))
+                     and metric == PRIMARY_METRIC and target == PRIMARY_TARGET)
+          full_scale = (ds == FULL_SCALE_DATASET and noise == PRIMARY_NOISE
+                        and metric == PRIMARY_METRIC and not exploratory)
+          u = _sweep.unpaired_difference(t["by_seed"][metric], r["by_seed"][metric])
+          row = dict(dataset=ds, noise=noise, target=target, reference=ref,
+                     metric=metric, primary=primary, full_scale_primary=full_scale,
+                     exploratory=exploratory, verdict=contrast_verdict(d, adequate),
+                     unpaired_ci_low=u["ci_low"], unpaired_ci_high=u["ci_high"],
+                     unpaired_verdict=contrast_verdict(
+                         dict(n=min(u["n_a"], u["n_b"]), ci_low=u["ci_low"],
+                              ci_high=u["ci_high"]), adequate), **d)
+          rt = rounding.get(f"{ds}|{noise:g}|{target}")
+          rr = rounding.get(f"{ds}|{noise:g}|{ref}")
+          if metric == PRIMARY_METRIC and rt and rr:
+            rerun = _sweep.paired_difference(rt, rr)
+            rv = _sweep.rounding_variance(dict(zip(d["seeds"], d["diffs"])),
+                                          dict(zip(rerun["seeds"], rerun["diffs"])))
+            lo, hi = _sweep.widened_interval(d, rv["var"])
+            row.update(rounding_seeds=rv["seeds"], rounding_deltas=rv["deltas"],
+                       rounding_var=rv["var"], widened_ci_low=lo, widened_ci_high=hi,
+                       widened_verdict=contrast_verdict(
+                           dict(n=d["n"], ci_low=lo, ci_high=hi), adequate))
+          out.append(row)
   return out
 
 
@@ -699,7 +950,14 @@ TABLE_COLUMNS = (("method", "method", "{}"), ("noise", "noise", "{}"),
 CONTRAST_COLUMNS = (("dataset", "dataset", "{}"), ("noise", "noise", "{}"),
                     ("contrast", "contrast", "{}"), ("metric", "metric", "{}"),
                     ("n", "paired seeds", "{}"), ("mean", "mean diff (points)", "{}"),
-                    ("ci", "95% CI (points)", "{}"), ("verdict", "verdict", "{}"))
+                    ("ci", "paired 95% CI (points)", "{}"),
+                    ("unpaired", "unpaired 95% CI", "{}"),
+                    ("widened", "paired, + rounding var.", "{}"),
+                    ("verdict", "verdict (paired)", "{}"))
+
+
+def _interval(lo: Optional[float], hi: Optional[float]) -> str:
+  return "-" if lo is None else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
 
 
 def contrast_rows(result: Dict[str, Any], only_primary_metric: bool = False,
@@ -709,14 +967,15 @@ def contrast_rows(result: Dict[str, Any], only_primary_metric: bool = False,
     if (only_primary_metric and c["metric"] != PRIMARY_METRIC) or (
         not exploratory and c.get("exploratory")):
       continue
-    ci = ("-" if c["ci_low"] is None
-          else f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]")
     rows.append({"dataset": c["dataset"], "noise": f"{c['noise']:g}",
+                 "unpaired": _interval(c.get("unpaired_ci_low"), c.get("unpaired_ci_high")),
+                 "widened": _interval(c.get("widened_ci_low"), c.get("widened_ci_high")),
                  "contrast": f"{c['target']} - {c['reference']}"
                  + (" **(primary)**" if c["primary"] else "")
+                 + (" **(full-scale primary)**" if c.get("full_scale_primary") else "")
                  + (" (exploratory)" if c.get("exploratory") else ""),
                  "metric": c["metric"], "n": str(c["n"]), "mean": _signed(c["mean"]),
-                 "ci": ci, "verdict": c["verdict"]})
+                 "ci": _interval(c["ci_low"], c["ci_high"]), "verdict": c["verdict"]})
   return rows
 
 
@@ -790,6 +1049,35 @@ def plot_results(result: Dict[str, Any], path: str) -> None:
   plt.close(fig)
 
 
+SEARCH_COLUMNS = (("dataset", "dataset", "{}"), ("noise", "noise", "{}"),
+                  ("method", "method", "{}"), ("hp", "hyperparameter", "{}"),
+                  ("grid", "grid: score", "{}"), ("chosen", "chosen", "{}"),
+                  ("budget", "cells (method)", "{}"))
+
+
+def search_table_rows(tuned: Dict[str, Any]) -> List[Dict[str, str]]:
+  """One row per (dataset, noise, method, hyperparameter) searched in stage 1."""
+  rows = []
+  for ds, entry in tuned.items():
+    for noise, by_method in entry.get("search", {}).items():
+      for m, by_hp in by_method.items():
+        for name, rec in by_hp.items():
+          rows.append({
+              "dataset": ds, "noise": noise, "method": m, "hp": name,
+              "grid": ", ".join(f"{v:g}: {100 * sc:.1f}" if math.isfinite(sc) else f"{v:g}: -"
+                                for v, sc in zip(rec["grid"], rec["scores"])),
+              "chosen": f"{rec['chosen']:g}" + ("" if rec["interior"] else " (edge)"),
+              "budget": str(entry.get("budget", {}).get(noise, {}).get(m, "-"))})
+    length = entry.get("length")
+    if length:
+      rows.append({"dataset": ds, "noise": "-", "method": "length methods", "hp": "epochs",
+                   "grid": ", ".join(f"{e}: {100 * sc:.1f}"
+                                     for e, sc in zip(length["grid"], length["scores"])),
+                   "chosen": f"{length['chosen']}" + ("" if length["interior"] else " (edge)"),
+                   "budget": "-"})
+  return rows
+
+
 def write_markdown(path: str, result: Optional[Dict[str, Any]], *, command: str,
                    machine: Dict[str, Any], date: str) -> None:
   """results.md: preregistration, command and machine, progress, tables and verdicts.
@@ -847,7 +1135,16 @@ def write_markdown(path: str, result: Optional[Dict[str, Any]], *, command: str,
       lines.append(f"- {ds}: {'complete' if entry.get('complete') else 'incomplete'}; "
                    f"epochs {entry.get('num_epochs', '-')} (validation probe accuracy by "
                    f"length: {entry.get('length_scores', {})}); chosen: "
-                   f"{json.dumps(entry.get('by_noise', {}))}")
+                   f"{json.dumps(entry.get('by_noise', {}))}"
+                   + (f"; hyperparameters from {entry['hyperparameters_from']}"
+                      if entry.get("hyperparameters_from") else ""))
+    search_rows = search_table_rows(result["tuned"])
+    if search_rows:
+      from projnce_jax import report  # pylint: disable=g-import-not-at-top
+      lines += ["", "Grids searched (validation probe accuracy %; a grid grows past the "
+                "end holding its best value until that value is interior; \"edge\" marks "
+                "a choice at a limit), and the stage-1 cells per method (budget):", "",
+                report.results_table(search_rows, SEARCH_COLUMNS)]
     lines += ["", "## Stage 2: test split", ""]
     for ds in result["datasets"]:
       if ds in result["skipped"]:
@@ -860,9 +1157,14 @@ def write_markdown(path: str, result: Optional[Dict[str, Any]], *, command: str,
     if not prim:
       lines.append("Primary endpoint: not tested (no paired cells at "
                    f"{PRIMARY_DATASET}, noise {PRIMARY_NOISE:g}).")
-    for c in prim:
-      lines.append(f"- **Primary**: {c['target']} - {c['reference']}: {c['verdict']} "
-                   f"(n = {c['n']}, mean {_signed(c['mean'])} points).")
+    for c in prim + [c for c in result["contrasts"] if c.get("full_scale_primary")]:
+      label = "Primary" if c["primary"] else f"Full-scale primary ({c['dataset']})"
+      extra = f"; unpaired: {c['unpaired_verdict']}"
+      if c.get("widened_verdict"):
+        extra += (f"; widened by the rounding variance ({len(c['rounding_seeds'])} seeds "
+                  f"rerun on 2 devices): {c['widened_verdict']}")
+      lines.append(f"- **{label}**: {c['target']} - {c['reference']}: {c['verdict']} "
+                   f"(n = {c['n']}, mean {_signed(c['mean'])} points{extra}).")
     from projnce_jax import report  # pylint: disable=g-import-not-at-top
     lines += ["", report.results_table(contrast_rows(result), CONTRAST_COLUMNS), "",
               "At noise 0 the training labels are clean, so the clean-label probe and kNN "
@@ -900,6 +1202,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--allow_untuned", action="store_true",
                  help="run stage 2 with default hyperparameters where stage 1 is not done "
                  "(its verdicts then say not tested at adequate scale)")
+  p.add_argument("--rounding", action="store_true",
+                 help="rerun the endpoint methods' finished stage-2 cells at the primary "
+                 f"noise, seeds {ROUNDING_SEEDS}, on 2 devices with the same global batch "
+                 "(a change of rounding only); the normal invocation reads them")
   p.add_argument("--readme", action="store_true",
                  help="print the README tables from OUT/results.json and exit")
   return p.parse_args(argv)
@@ -912,6 +1218,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       text = readme_tables(json.load(f))
     print(text)
     return {"readme": text}
+  if args.rounding:
+    # Before JAX starts: two CPU devices for the 2-device reruns.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+      os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=2").strip()
   setting = SMALLEST if args.smallest else FULL
   datasets = list(setting.datasets) if args.datasets is None else [
       d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -931,7 +1242,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     # its partial tables until this invocation ends).
     write_markdown(md_path, None, command=command, machine=machine, date=date)
   t0 = time.perf_counter()
-  cache = _sweep.CellCache(args.out, _sweep.Budget(args.max_cells, args.time_budget_s))
+  import projnce_jax  # pylint: disable=g-import-not-at-top
+  # The checkout the package is imported from (PYTHONPATH may point at another worktree).
+  code = _sweep.code_version(os.path.dirname(os.path.dirname(
+      os.path.abspath(projnce_jax.__file__))))
+  cache = _sweep.CellCache(args.out, _sweep.Budget(args.max_cells, args.time_budget_s),
+                           code=code, env=_sweep.environment())
 
   tuned_path = os.path.join(args.out, "tuned.json")
   tuned: Dict[str, Any] = {}
@@ -940,15 +1256,25 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       tuned = json.load(f)
   skipped: Dict[str, str] = {}
   planned1: List[str] = []
-  if (stages == (1, 2) and PRIMARY_DATASET in datasets
-      and dataset_skip_reason(PRIMARY_DATASET, 1) is None
-      and dataset_skip_reason(PRIMARY_DATASET, 2) is None):
+  if args.rounding:
+    cells = run_rounding(cache, setting, datasets, tuned)
+    print(f"rounding reruns: {len(cells)} finished cells "
+          f"({cache.budget.cells_run} trained now)", flush=True)
+    return {"rounding_cells": cells}
+  runnable = [d for d in (PRIMARY_DATASET, FULL_SCALE_DATASET) if d in datasets
+              and dataset_skip_reason(d, 1) is None and dataset_skip_reason(d, 2) is None]
+  if stages == (1, 2) and PRIMARY_DATASET in runnable:
     primary_first(cache, setting)
+  if (stages == (1, 2) and FULL_SCALE_DATASET in runnable
+      and FULL_SCALE_DATASET in setting.methods_by_dataset):
+    full_scale_first(cache, setting, tuned)
   for ds in datasets:
     why = dataset_skip_reason(ds, 1)
     if 1 in stages and why is None:
       print(f"stage 1: {ds}", flush=True)
-      tuned[ds] = tune_dataset(cache, setting, ds, planned1)
+      source = dict(setting.hp_source).get(ds)
+      tuned[ds] = tune_dataset(cache, setting, ds, planned1,
+                               inherited=tuned.get(source) if source else None)
     elif 1 in stages:
       skipped_1 = f"stage 1 skipped: {why}"
       print(f"{ds}: {skipped_1}", flush=True)
@@ -983,8 +1309,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   summary = summarize(cells)
   done1 = sum(os.path.exists(cache.cell_path(k)) for k in planned1)
   walls = [c["wall_seconds"] for c in cells if c.get("wall_seconds") and not c["reused"]]
+  rounding = rounding_values(cache, setting, datasets, tuned)
   result = {
       "command": command, "date": date, "machine": machine,
+      "code": code, "environment": _sweep.environment(),
+      "rounding": rounding,
       "load_average_at_end": _sweep.load_average(),
       "setting": dataclasses.asdict(setting),
       "methods_by_dataset": {d: list(setting.methods_by_dataset[d]) for d in datasets},
@@ -1000,7 +1329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       "cells_reused": cache.reused,
       "mean_cell_seconds": float(np.mean(walls)) if walls else None,
       "cells": cells, "summary": summary,
-      "contrasts": contrasts(summary, setting, datasets, epochs_by_dataset),
+      "contrasts": contrasts(summary, setting, datasets, epochs_by_dataset, rounding),
   }
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(result, f, indent=1)

@@ -66,9 +66,14 @@ def test_full_smallest_sweep_outputs(sweep):
     assert 0.0 <= cell["linear_probe_accuracy"] <= 1.0
     assert 0.0 <= cell["knn_accuracy"] <= 1.0
     assert cell["steps"] == pc.SMALLEST.num_steps
-    stored = out / "cells" / (cell["key"] + ".json")
-    assert json.loads(stored.read_text())["record"]["linear_probe_accuracy"] == (
-        cell["linear_probe_accuracy"])
+    stored = json.loads((out / "cells" / (cell["key"] + ".json")).read_text())
+    assert stored["record"]["linear_probe_accuracy"] == cell["linear_probe_accuracy"]
+    # Each cell records the code that made it and what decides its rounding.
+    assert stored["record"]["code"] == result["code"]
+    assert len(stored["record"]["code"]["sha256"]) == 16
+    env = stored["record"]["environment"]
+    assert env["jax"] and env["jaxlib"] and env["flax"] and env["cpu_model"]
+    assert env["cpu_threads"] >= 1
   # Paired: the primary contrasts use the same seeds on both sides, and the interval is
   # the t-interval of the per-seed differences.
   prim = [c for c in result["contrasts"] if c["primary"]]
@@ -181,10 +186,11 @@ def _fake_config(setting, dataset, overrides, noise, seed, *, eval_split=None,
 
 
 def _score(c):
-  """Best: lr 0.4 (CE), temperature 0.2, beta 2, bandwidth 0.5; length gains < 0.4 pt."""
+  """Best: lr 0.4 (factor 2), temperature 0.2, beta 2, bandwidth 0.5 -- each at the end of
+  its initial grid -- and 40 epochs (the longest initial length), 0.4 points over 20."""
   s = 0.9 - abs(c.temperature - 0.2) - 0.01 * abs(c.beta - 2.0)
   s -= 0.01 * abs(c.bandwidth - 0.5) + abs(c.lr - 0.4)
-  return s + {20: 0.0, 30: 0.003, 40: 0.004}[c.epochs]
+  return s + {20: 0.0, 30: 0.003, 40: 0.004, 50: 0.002}[c.epochs]
 
 
 def test_stage1_selection(monkeypatch):
@@ -196,18 +202,81 @@ def test_stage1_selection(monkeypatch):
   assert entry["complete"]
   chosen = entry["by_noise"]["0.4"]
   assert chosen["cross_entropy"] == {"lr_factor": 2.0}
-  assert chosen["supcon"] == {"temperature": 0.2}
-  assert chosen["projnce_centroid"] == {"temperature": 0.2, "beta": 2.0}
-  assert chosen["projnce_kernel"] == {"temperature": 0.2, "beta": 2.0, "bandwidth": 0.5}
+  assert chosen["supcon"] == {"temperature": 0.2, "lr_factor": 2.0}
+  assert chosen["projnce_centroid"] == {"temperature": 0.2, "lr_factor": 2.0, "beta": 2.0}
+  assert chosen["projnce_kernel"] == {"temperature": 0.2, "lr_factor": 2.0, "beta": 2.0,
+                                      "bandwidth": 0.5}
   assert entry["by_noise"]["0"] == chosen
-  # 30 and 40 epochs gain 0.3 / 0.4 points: within the 0.5-point tolerance of the best, so
-  # the shortest length is kept.
+  # Every optimum sat at the end of its initial grid: each grid grew by one value past it,
+  # and every choice is now interior.
+  search = entry["search"]["0.4"]
+  assert search["cross_entropy"]["lr_factor"]["grid"] == [0.5, 1.0, 2.0, 4.0]
+  assert search["supcon"]["temperature"]["grid"] == [0.05, 0.1, 0.2, 0.4]
+  assert search["supcon"]["lr_factor"]["grid"] == [0.5, 1.0, 2.0, 4.0]
+  assert search["projnce_centroid"]["beta"]["grid"] == [0.5, 1.0, 2.0, 4.0]
+  assert search["projnce_kernel"]["bandwidth"]["grid"] == [0.25, 0.5, 1.0, 2.0]
+  assert all(rec["interior"] for by_hp in search.values() for rec in by_hp.values())
+  # Budgets: distinct cells per method (shared cells count once).
+  budget = entry["budget"]["0.4"]
+  assert budget["cross_entropy"] == 4 and budget["supcon"] == 4 + 3
+  assert budget["projnce_kernel"] == 4 + 3 + 3 + 3
+  # 40 epochs (the longest initial length) scored best, so 50 was tried; 30-50 gain at most
+  # 0.4 points, within the 0.5-point tolerance, so the shortest length is kept.
+  assert entry["length"]["grid"] == [20, 30, 40, 50] and entry["length"]["interior"]
   assert entry["num_epochs"] == 20
   assert all(k.startswith("stage1/mnist5k/") and k.endswith("/seed100") for k in planned)
   # The default-valued steps reuse a cell: beta 1 after the temperature step, etc.
   assert "stage1/mnist5k/noise0.4/projnce_centroid_t0.2/seed100" in planned
   assert len(planned) == len(set(planned))  # a reused cell is planned (and counted) once
   assert not any("_b1_" in k or k.endswith("_b1/seed100") for k in planned)
+
+
+@pytest.mark.parametrize("grid,scores,expected", [
+    ([0.5, 1.0, 2.0], [0.1, 0.3, 0.2], None),          # interior: done
+    ([0.5, 1.0, 2.0], [0.1, 0.2, 0.3], 4.0),           # best at the top: one more above
+    ([0.05, 0.1, 0.2], [0.3, 0.2, 0.1], 0.025),        # at the bottom: one more below
+    ([0.5, 1.0, 2.0], [0.2, 0.2, 0.1], 0.25),          # a tie goes to the smaller value
+    ([2.0, 4.0, 8.0], [0.1, 0.2, 0.3], None),          # 16 would pass the limit 10
+    ([1.0, 2.0, 4.0, 8.0], [0.1, 0.2, 0.3, 0.4], None),  # the grid is full (max 4)
+])
+def test_extend_grid(grid, scores, expected):
+  assert pc.extend_grid(grid, scores, 2.0, (0.01, 10.0), 4) == expected
+
+
+def test_a_choice_at_a_limit_is_marked_edge(monkeypatch):
+  monkeypatch.setattr(pc, "build_config", _fake_config)
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  # Accuracy rises with the temperature without end: the grid stops at its size limit.
+  entry = pc.tune_dataset(_FakeCache(lambda c: c.temperature - (c.epochs - 20) * 1e-3),
+                          pc.FULL, "mnist5k", [], noises=[0.4],
+                          methods=["cross_entropy", "supcon", "projnce_centroid"])
+  rec = entry["search"]["0.4"]["supcon"]["temperature"]
+  assert len(rec["grid"]) == pc.FULL.max_grid and rec["chosen"] == rec["grid"][-1]
+  assert not rec["interior"]
+  rows = pc.search_table_rows({"mnist5k": entry})
+  assert any(r["hp"] == "temperature" and r["chosen"].endswith("(edge)") for r in rows)
+  # Falling with length: the first length wins and the grid is not extended.
+  assert entry["length"]["grid"] == [20, 30, 40] and entry["num_epochs"] == 20
+
+
+def test_full_fashion_inherits_hyperparameters_and_tunes_length(monkeypatch):
+  monkeypatch.setattr(pc, "build_config", _fake_config)
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  score = lambda c: 0.5 + {10: 0.0, 20: 0.01, 30: 0.02, 40: 0.025, 50: 0.02}[c.epochs]
+  src = {"by_noise": {"0.4": {m: {"temperature": 0.1} for m in
+                              pc.FULL.methods_by_dataset["fashion_mnist_full"]}}}
+  planned = []
+  entry = pc.tune_dataset(_FakeCache(score), pc.FULL, "fashion_mnist_full", planned,
+                          inherited=src)
+  assert entry["complete"] and entry["hyperparameters_from"] == "fashion_mnist_local"
+  assert entry["by_noise"]["0.4"]["supcon"] == {"temperature": 0.1}
+  # Rising up to 40 epochs: extended to 50, where it falls; 30 is within 0.5 points of 40.
+  assert entry["length"]["grid"] == [10, 20, 30, 40, 50] and entry["num_epochs"] == 30
+  assert all(k.startswith("stage1/fashion_mnist_full/noise0.4/") for k in planned)
+  assert not entry["search"]  # nothing tuned here but the length
+  # Without the source's values nothing is final.
+  assert not pc.tune_dataset(_FakeCache(score), pc.FULL, "fashion_mnist_full", [],
+                             inherited={})["complete"]
 
 
 def test_larger_datasets_are_tuned_at_the_primary_noise_only(monkeypatch):
@@ -224,7 +293,7 @@ def test_larger_datasets_are_tuned_at_the_primary_noise_only(monkeypatch):
   for noise in setting.noises:
     hp, tuned = pc.stage2_hp({"fashion_mnist_local": entry}, "fashion_mnist_local",
                              "supcon", noise)
-    assert tuned and hp == {"temperature": 0.2}
+    assert tuned and hp == {"temperature": 0.2, "lr_factor": 2.0}
 
 
 def test_stage1_incomplete_under_budget(monkeypatch):
@@ -255,6 +324,100 @@ def test_cell_cache_retrains_a_changed_config(tmp_path, monkeypatch):
   assert cache.stale == 1 and len(calls) == 2 and calls[0] != calls[1]
   # The budget (2 new cells) is spent: an unfinished cell is not trained.
   assert cache.get_or_run("a/c", c1, extract) is None and len(calls) == 2
+
+
+def test_cell_hash_covers_the_code_version(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_run(config, workdir, hooks=(), done=None):
+    del hooks, done
+    calls.append(workdir)
+    return {"status": "ok", "linear_probe_accuracy": 0.5, "wall_seconds": 0.0}, True
+
+  monkeypatch.setattr(_sweep, "run_cell", fake_run)
+  extract = lambda r: {"linear_probe_accuracy": r["linear_probe_accuracy"]}
+  config = ml_collections.ConfigDict({"lr": 0.1})
+  code_a = {"sha256": "a" * 16, "commit": "c1", "dirty": False}
+  code_b = dict(code_a, sha256="b" * 16)
+  quiet = lambda s: None
+  _sweep.CellCache(str(tmp_path), code=code_a, log=quiet).get_or_run("k", config, extract)
+  rec = _sweep.CellCache(str(tmp_path), code=code_a, log=quiet).get_or_run("k", config,
+                                                                           extract)
+  assert rec["reused"] and rec["code"] == code_a and len(calls) == 1
+  # Same config, other code: trained again, into another folder.
+  rec = _sweep.CellCache(str(tmp_path), code=code_b, log=quiet).get_or_run("k", config,
+                                                                           extract)
+  assert not rec["reused"] and rec["code"] == code_b and len(calls) == 2
+  assert calls[0] != calls[1]
+
+
+def test_code_version_follows_the_package_source(tmp_path):
+  for top in ("projnce_jax", "configs", "docs"):
+    (tmp_path / top).mkdir()
+    (tmp_path / top / "a.py").write_text("x = 1\n")
+  v1 = _sweep.code_version(str(tmp_path))
+  (tmp_path / "docs" / "a.py").write_text("x = 2\n")   # not code a cell runs
+  assert _sweep.code_version(str(tmp_path))["sha256"] == v1["sha256"]
+  (tmp_path / "projnce_jax" / "a.py").write_text("x = 2\n")
+  assert _sweep.code_version(str(tmp_path))["sha256"] != v1["sha256"]
+  assert v1["commit"] is None  # not a git checkout
+  here = _sweep.code_version(ROOT)
+  assert len(here["commit"]) == 40 and isinstance(here["dirty"], bool)
+
+
+def test_unpaired_difference_matches_welch():
+  a = {"0": 0.91, "1": 0.93, "2": 0.90, "3": 0.94}
+  b = {"0": 0.89, "1": 0.90, "2": 0.905, "3": 0.88, "4": 0.9}
+  u = _sweep.unpaired_difference(a, b)
+  va, vb = np.array(list(a.values())), np.array(list(b.values()))
+  res = stats.ttest_ind(va, vb, equal_var=False)
+  ci = res.confidence_interval(0.95)
+  np.testing.assert_allclose([u["ci_low"], u["ci_high"]], [ci.low, ci.high], rtol=1e-9)
+  np.testing.assert_allclose(u["mean"], va.mean() - vb.mean(), rtol=1e-12)
+
+
+def test_rounding_variance_widens_the_paired_interval():
+  d = _sweep.paired_difference({"0": 0.92, "1": 0.93, "2": 0.925},
+                               {"0": 0.91, "1": 0.915, "2": 0.914})
+  original = dict(zip(d["seeds"], d["diffs"]))
+  rerun = {"0": original["0"] - 0.006, "1": original["1"] + 0.002}
+  rv = _sweep.rounding_variance(original, rerun)
+  assert rv["seeds"] == ["0", "1"]
+  np.testing.assert_allclose(rv["var"], (0.006 ** 2 + 0.002 ** 2) / 4, rtol=1e-9)
+  lo, hi = _sweep.widened_interval(d, rv["var"])
+  half = d["t_crit"] * math.sqrt(d["sd"] ** 2 + rv["var"]) / math.sqrt(3)
+  np.testing.assert_allclose([lo, hi], [d["mean"] - half, d["mean"] + half], rtol=1e-12)
+  assert lo < d["ci_low"] and hi > d["ci_high"]
+  assert _sweep.widened_interval(d, None) == (None, None)
+
+
+def test_contrasts_report_unpaired_and_widened_intervals():
+  seeds = ["0", "1", "2", "3", "4"]
+  def entry(method, values):
+    return {"dataset": "mnist5k", "noise": 0.4, "method": method, "tuned": True,
+            "by_seed": {m: dict(zip(seeds, values)) for m, _ in pc.METRICS}}
+  summary = {"mnist5k|0.4|projnce_centroid": entry("projnce_centroid",
+                                                   [0.90, 0.91, 0.92, 0.93, 0.94]),
+             "mnist5k|0.4|supcon": entry("supcon", [0.89, 0.90, 0.91, 0.92, 0.93]),
+             "mnist5k|0.4|cross_entropy": entry("cross_entropy",
+                                                [0.90, 0.91, 0.92, 0.93, 0.94])}
+  setting = pc.dataclasses.replace(pc.FULL, methods=(("mnist5k", tuple(
+      ["cross_entropy", "supcon", "projnce_centroid"])),), noises=(0.4,))
+  rounding = {"mnist5k|0.4|projnce_centroid": {"0": 0.905, "1": 0.905},
+              "mnist5k|0.4|supcon": {"0": 0.89, "1": 0.90}}
+  rows = pc.contrasts(summary, setting, ["mnist5k"], {"mnist5k": 30}, rounding)
+  prim = {r["reference"]: r for r in rows if r["primary"]}
+  sup = prim["supcon"]
+  # Every seed gains exactly 1 point: the paired interval is a point, the unpaired one
+  # holds the between-seed spread and contains 0.
+  assert sup["ci_low"] == pytest.approx(0.01) and sup["verdict"].startswith("better")
+  assert sup["unpaired_ci_low"] < 0 < sup["unpaired_ci_high"]
+  assert sup["unpaired_verdict"].startswith("no difference")
+  # The reruns moved seed 0's difference from 1 to 1.5 points and seed 1's from 1 to 0.5.
+  np.testing.assert_allclose(sup["rounding_deltas"], [-0.005, 0.005], atol=1e-12)
+  assert sup["widened_ci_low"] < sup["ci_low"] and "widened_verdict" in sup
+  # cross-entropy has no reruns: no widened interval.
+  assert "widened_ci_low" not in prim["cross_entropy"]
 
 
 def test_cell_cache_passes_over_a_cell_another_live_process_holds(tmp_path, monkeypatch):
@@ -362,7 +525,8 @@ def test_primary_endpoint_cells_come_first(monkeypatch):
   assert all(c["num_epochs"] == 20 for c in cells)
   # The centroid cells get its tuned temperature and beta.
   centroid = [c for c in cells if c["method"] == pc.PRIMARY_TARGET]
-  assert all(c["hyperparameters"] == {"temperature": 0.2, "beta": 2.0} for c in centroid)
+  assert all(c["hyperparameters"] == {"temperature": 0.2, "lr_factor": 2.0, "beta": 2.0}
+             for c in centroid)
 
 
 def test_contrasts_primary_secondary_and_exploratory():
