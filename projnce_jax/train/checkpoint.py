@@ -2,7 +2,12 @@
 
 Layout: DIR/checkpoints/<step>/{state, data, manifest.json}. `state` is the TrainState
 pytree (StandardSave), `data` the loader's JSON state (JsonSave), `manifest.json` the size
-and CRC-32 of every file of the finished checkpoint (written once orbax has committed it).
+and CRC-32 of every file of the checkpoint. The manifest is part of the save's commit:
+orbax writes a checkpoint into a temporary folder and commits it by renaming that folder;
+the manifest is written into the temporary folder just before the rename
+(`_ManifestedRename`), so every committed checkpoint has one. (With an orbax that does not
+offer this hook, the manifest is written right after the commit; a run killed in between
+leaves an "unverified" checkpoint, handled as `restore_latest` says.)
 
 Restoring never guesses. A checkpoint whose restore fails is set aside (moved to
 DIR/checkpoints_unreadable/<step>, the previous one is used instead) only when it is
@@ -19,6 +24,7 @@ checkpoint on restore (its commit record says a save finished, not that the byte
 intact); CRC-32 from the standard library (zlib) is enough to detect damage, not tampering.
 """
 import errno
+import inspect
 import json
 import os
 import shutil
@@ -47,21 +53,25 @@ def _crc32(path: str) -> int:
   return crc
 
 
-def _files(folder: str):
-  """Relative paths of the files under `folder` (the manifest excluded), sorted."""
+# orbax's own records, which its commit writes or updates after the manifest is written.
+_COMMIT_FILES = (COMMIT_RECORD, "commit_success.txt")
+
+
+def _files(folder: str, exclude=()):
+  """Relative paths of the files under `folder` (the manifest and `exclude` left out)."""
   out = []
   for dirpath, _, names in os.walk(folder):
     for name in names:
       rel = os.path.relpath(os.path.join(dirpath, name), folder)
-      if rel != MANIFEST:
+      if rel != MANIFEST and rel not in exclude:
         out.append(rel)
   return sorted(out)
 
 
-def write_manifest(folder: str) -> None:
+def write_manifest(folder: str, exclude=()) -> None:
   """Writes `folder`/manifest.json: {relative path: [size, crc32]} (atomically)."""
   entries = {rel: [os.path.getsize(os.path.join(folder, rel)),
-                   _crc32(os.path.join(folder, rel))] for rel in _files(folder)}
+                   _crc32(os.path.join(folder, rel))] for rel in _files(folder, exclude)}
   tmp = os.path.join(folder, MANIFEST + ".tmp")
   with open(tmp, "w") as f:
     json.dump({"files": entries}, f, indent=0, sort_keys=True)
@@ -130,6 +140,41 @@ def is_verified(folder: str) -> bool:
   return _exists(os.path.join(folder, MANIFEST))
 
 
+_RENAME = getattr(getattr(getattr(ocp, "path", None), "atomicity", None),
+                  "AtomicRenameTemporaryPath", None)
+
+
+def _write_tmp_manifest(temporary_path) -> None:
+  """The manifest of a step's temporary folder (orbax's step metadata marks it; the items'
+  own temporary folders inside it, finalized first, get none)."""
+  folder = os.fspath(temporary_path.get())
+  if os.path.exists(os.path.join(folder, COMMIT_RECORD)):
+    write_manifest(folder, exclude=_COMMIT_FILES)
+
+
+if _RENAME is not None and inspect.iscoroutinefunction(getattr(_RENAME, "finalize", None)):
+
+  class _ManifestedRename(_RENAME):
+    """orbax's atomic-rename commit, with the manifest written just before the rename."""
+
+    async def finalize(self, *args, **kwargs):
+      import asyncio  # pylint: disable=g-import-not-at-top
+      await asyncio.to_thread(_write_tmp_manifest, self)
+      await super().finalize(*args, **kwargs)
+
+elif _RENAME is not None and callable(getattr(_RENAME, "finalize", None)):
+
+  class _ManifestedRename(_RENAME):  # orbax versions whose finalize is synchronous
+    """orbax's atomic-rename commit, with the manifest written just before the rename."""
+
+    def finalize(self, *args, **kwargs):
+      _write_tmp_manifest(self)
+      super().finalize(*args, **kwargs)
+
+else:
+  _ManifestedRename = None
+
+
 class Checkpointer:
   """A thin wrapper over `ocp.CheckpointManager` with the two items this trainer saves.
 
@@ -151,8 +196,9 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    extra = {} if _ManifestedRename is None else {"temporary_path_class": _ManifestedRename}
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save, **extra)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "data"))
     self._unmanifested = []   # steps saved by this object whose manifest is not written
@@ -339,10 +385,11 @@ class Checkpointer:
     pending, self._unmanifested = self._unmanifested, []
     if jax.process_index() != 0:
       return
-    for step in pending:
+    for step in pending:  # committed with its manifest, unless this orbax lacks the hook
       folder = self.path(step)
-      if os.path.exists(os.path.join(folder, COMMIT_RECORD)):
-        write_manifest(folder)
+      if (os.path.exists(os.path.join(folder, COMMIT_RECORD))
+          and not os.path.exists(os.path.join(folder, MANIFEST))):
+        write_manifest(folder, exclude=_COMMIT_FILES)
 
   def close(self) -> None:
     """Waits for pending saves (and their manifests) and releases resources."""

@@ -340,7 +340,8 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
       logged metrics at log steps, else {}.
     desc: progress-bar label.
     settings: the resume-safe config changes of this start (`check_rerun`); recorded in
-      WORKDIR/settings_history.jsonl once the checkpoint is restored (None: not recorded).
+      WORKDIR/settings_history.jsonl, with the config in WORKDIR/config.json, once the
+      checkpoint is restored (None: neither is written).
 
   Returns:
     {"state": final TrainState, "last_record": last logged metrics,
@@ -367,6 +368,8 @@ def train(exp: Experiment, workdir: str, *, hooks: Sequence[Hook] = (),
     loader.set_state(data_state)
     logging.info("resumed from %s", ckpt.path(start))
   if settings is not None and _is_main_process():   # recorded once the start succeeded
+    write_text_atomic(os.path.join(workdir, "config.json"),
+                      config.to_json_best_effort(indent=2) + "\n")
     _record_settings(workdir, start if restored is not None else None, settings,
                      exp.total_steps)
   writer = MetricWriter(workdir, start_step=start, enabled=_is_main_process())
@@ -651,9 +654,8 @@ def _train_and_evaluate(config, workdir, *, hooks, name):
         f"at step {latest}; refusing to resume (results would describe a model trained "
         f"longer than the config says) and nothing was changed. Set num_steps (or "
         f"num_epochs) to at least {latest}, or use a new workdir")
-  if _is_main_process():
-    write_text_atomic(os.path.join(workdir, "config.json"),
-                      config.to_json_best_effort(indent=2) + "\n")
+  # config.json is written by `train` once the checkpoint is restored: a start refused
+  # there (an unreadable checkpoint) leaves the workdir as it was.
   out = train(exp, workdir, hooks=hooks, desc=name or config.method, settings=changes)
   phases = 6 + (2 if config.dataset.label_noise > 0 else 0)
   progress = EvalProgress(name or config.method, phases,

@@ -10,9 +10,10 @@
   identical rerun).
 - Two processes x 4 CPU devices (gloo collectives, `--coordinator_address`): SIGTERM to
   process 1 alone stops both processes with status 143 at the same step, within a minute,
-  with one checkpoint; the rerun's final metrics equal those of one uninterrupted
-  process x 8 devices within the stated tolerance (the cross-process all-reduce may sum
-  in another order).
+  with one checkpoint; the rerun, sent a SIGTERM to process 1 during its final
+  evaluation, finishes the evaluation on both (status 0), and its final metrics equal
+  those of one uninterrupted process x 8 devices within the stated tolerance (the
+  cross-process all-reduce may sum in another order).
 
 Processes are slow to start (JAX import, compilation), so each test launches as few as it
 can: 1 + 4 runs of main.py (4 more with the slow test) with the tiny
@@ -26,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -197,7 +199,27 @@ def test_two_processes_stop_together_on_sigterm_and_resume_to_match_one(
   assert stopped < NUM_STEPS and _checkpoints(workdir) == [stopped]   # one checkpoint
   assert not (workdir / "results.json").exists()
 
-  got = _run(workdir, digits_dir, processes=2)
+  # The rerun: SIGTERM to process 1 once the final checkpoint is committed (training is
+  # over, the final evaluation under way). Evaluation finishes on both processes, which
+  # exit 0 with the results (docs/reliability.md).
+  procs = _start(workdir, digits_dir, "--verbosity=0", processes=2)   # INFO: phase times
+  lines = [[], []]
+  readers = [threading.Thread(target=lambda p=p, out=out: out.extend(p.stderr), daemon=True)
+             for p, out in zip(procs, lines)]
+  for r in readers:
+    r.start()
+  started = "evaluation: features of the training split took"
+  _wait_for(lambda: any(started in l for l in list(lines[0])), procs,
+            "the final evaluation's first phase")
+  assert not (workdir / "results.json").exists()   # the results come at its end
+  procs[1].send_signal(signal.SIGTERM)
+  for p in procs:
+    p.wait(timeout=120)
+  for r in readers:
+    r.join(timeout=10)
+  errs = ["".join(l) for l in lines]
+  assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errs]
+  got = json.loads((workdir / "results.json").read_text())
   assert got["num_devices"] == 8
   for key in FINAL:
     if key in ACC_ATOL:

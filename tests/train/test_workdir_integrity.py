@@ -1,6 +1,7 @@
 """One writer per workdir, refused reruns that change nothing, one-line user errors."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,9 +44,9 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_dead_one(tmp_path, caplog
   assert (tmp_path / ".lock").read_text() == ""   # a clean release leaves no holder
 
 
-def _main(workdir, *extra, **popen):
-  args = [sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/digits.py:runlocal",
-          f"--workdir={workdir}", *extra]
+def _main(workdir, *extra, prefix=(), **popen):
+  args = [*prefix, sys.executable, os.path.join(ROOT, "main.py"),
+          "--config=configs/digits.py:runlocal", f"--workdir={workdir}", *extra]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                               if not f.startswith("--xla_force_host_platform_device_count"))
@@ -55,7 +56,7 @@ def _main(workdir, *extra, **popen):
 
 def test_two_main_processes_into_one_workdir(tmp_path, digits_dir):
   """The second is refused within seconds, naming the first; the first's metrics appear
-  once each."""
+  once each. Then a permission-denied restore: one line, nothing moved or changed."""
   workdir = tmp_path / "run"
   data = f"--config.dataset.data_dir={digits_dir}"
   first = _main(workdir, "--config.num_steps=40", "--config.checkpoint_every=40", data)
@@ -76,6 +77,29 @@ def test_two_main_processes_into_one_workdir(tmp_path, digits_dir):
   steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().split("\n")
            if l.strip()]
   assert steps == list(range(1, 41))
+
+  # Then the newest checkpoint becomes unreadable for real (mode 000; as root, the rerun
+  # runs without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH under setpriv): the rerun, which
+  # must restore it, stops with one line naming the path and the cause, exit 1, and the
+  # workdir is unchanged byte for byte (nothing set aside).
+  before = _snapshot(str(workdir))
+  newest = workdir / "checkpoints" / "40"
+  prefix = []
+  if os.geteuid() == 0:
+    assert shutil.which("setpriv"), "setpriv (util-linux) is needed to drop root's override"
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+  os.chmod(newest, 0)
+  try:
+    proc = _main(workdir, "--config.num_steps=50", "--config.checkpoint_every=40", data,
+                 prefix=prefix)
+    _, err = proc.communicate(timeout=300)
+  finally:
+    os.chmod(newest, 0o755)
+  assert proc.returncode == 1, err[-3000:]
+  errors = [l for l in err.strip().split("\n") if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+  assert str(newest) in errors[0] and "Permission denied" in errors[0], errors[0]
+  assert _snapshot(str(workdir)) == before
 
 
 def test_one_line_errors_and_verbose(tmp_path):
@@ -319,3 +343,34 @@ def test_a_newest_checkpoint_without_manifest_yields_to_a_verified_one(tiny_conf
   assert not (tmp_path / "checkpoints_unreadable").exists()
   assert (tmp_path / "checkpoints_unverified" / "10").exists()   # kept
   assert sorted(os.listdir(tmp_path / "checkpoints"), key=int)[-1] == "10"   # re-made
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_the_manifest_is_written_before_the_commit(tmp_path, monkeypatch, async_save):
+  """The manifest goes into orbax's temporary folder before the rename that commits the
+  checkpoint: no committed checkpoint can lack one."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from projnce_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  assert ckpt_lib._ManifestedRename is not None  # this orbax offers the hook
+  calls = []
+  real = ckpt_lib.write_manifest
+
+  def spy(folder, exclude=()):
+    calls.append((folder, os.path.exists(tmp_path / "ckpt" / "3"),
+                  sorted(os.listdir(folder))))
+    real(folder, exclude)
+
+  monkeypatch.setattr(ckpt_lib, "write_manifest", spy)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path / "ckpt"), async_save=async_save)
+  state = {"w": jnp.arange(6.0)}
+  assert ckpt.save(3, state, {"next_index": 7})
+  ckpt.close()
+  # One call, on the step's temporary folder (its items already in place), while the
+  # final folder did not exist yet.
+  assert len(calls) == 1 and calls[0][1] is False
+  assert os.path.basename(calls[0][0]) != "3" and {"state", "data"} <= set(calls[0][2])
+  folder = str(tmp_path / "ckpt" / "3")
+  listed = json.load(open(os.path.join(folder, "manifest.json")))["files"]
+  assert listed and ckpt_lib.COMMIT_RECORD not in listed
+  assert any(name.startswith("state") for name in listed)
+  assert ckpt_lib.find_damage(folder) is None and ckpt_lib.is_verified(folder)
