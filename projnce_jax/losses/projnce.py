@@ -127,11 +127,17 @@ def _psum(x, axis_name):
 
 
 def _class_batch(z, labels, valid, num_classes, axis_name, *,
-                 gather_rows: bool) -> proj_lib.ClassBatch:
+                 gather_rows: bool, ring: bool = False) -> proj_lib.ClassBatch:
   """Class slots and global class statistics of the batch.
 
   The rows themselves are gathered across devices only when `gather_rows` (the `median`
   and `kernel` projections need them); otherwise `z_all` is the local block.
+
+  Class sums: with `num_classes` the [num_classes, d] table is all-reduced (small).
+  Without it there is one slot per row of the global batch, so an all-reduced [N, d] table
+  would move about twice the bytes of the rows themselves: unless `ring` (which never
+  gathers rows), the rows are gathered instead -- the dense and blockwise all-pairs terms
+  gather the same rows, and XLA keeps one copy -- and each device sums them itself.
   """
   n = z.shape[0]
   offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
@@ -148,12 +154,20 @@ def _class_batch(z, labels, valid, num_classes, axis_name, *,
   else:
     slots_all, slots, k = labels_all.astype(jnp.int32), labels.astype(jnp.int32), num_classes
   w = valid.astype(z.dtype)
+  valid_all = _gather(valid, axis_name)
+  z_all = _gather(z, axis_name) if gather_rows else z
+  # The counts stay all-reduced ([k] scalars): they feed replicated outputs (the bound),
+  # and JAX types an all-gather's result as varying across the axis, a psum's as invariant.
   counts = _psum(jax.ops.segment_sum(w, slots, num_segments=k), axis_name)
-  sums = _psum(jax.ops.segment_sum(z * w[:, None], slots, num_segments=k), axis_name)
+  if axis_name is not None and num_classes is None and not ring:
+    rows = z_all if gather_rows else _gather(z, axis_name)
+    sums = jax.ops.segment_sum(rows * valid_all.astype(z.dtype)[:, None], slots_all,
+                               num_segments=k)
+  else:
+    sums = _psum(jax.ops.segment_sum(z * w[:, None], slots, num_segments=k), axis_name)
   return proj_lib.ClassBatch(z=z, slots=slots, valid=valid, offset=offset, counts=counts,
-                             sums=sums, z_all=_gather(z, axis_name) if gather_rows else z,
-                             slots_all=slots_all,
-                             valid_all=_gather(valid, axis_name), axis_name=axis_name)
+                             sums=sums, z_all=z_all, slots_all=slots_all,
+                             valid_all=valid_all, axis_name=axis_name)
 
 
 def _class_vectors(b: proj_lib.ClassBatch, name: Projection, *, params, num_classes,
@@ -365,7 +379,8 @@ def _projnce(z, labels, *, temperature, positive, negative, beta, num_classes, p
   else:
     gather_rows = any(isinstance(p, str) and p in ("median", "kernel")
                       for p in (positive, negative))
-    b = _class_batch(z, labels, valid, num_classes, axis_name, gather_rows=gather_rows)
+    b = _class_batch(z, labels, valid, num_classes, axis_name, gather_rows=gather_rows,
+                     ring=impl in ("ring", "fused_ring"))
     num_valid = jnp.sum(b.counts)
     own_count = b.own_count
     num_slots = b.counts.shape[0]

@@ -121,7 +121,8 @@ def test_gradient_inside_shard_map_matches():
 
 # Without num_classes (slots = the batch's distinct labels, streamed in blocks of 3 slots,
 # empty blocks skipped) for every data-dependent pair, and InfoNCE's instance path.
-NO_NC_CASES = [("centroid", "sample", "blockwise"), ("centroid", "sample", "ring"),
+NO_NC_CASES = [("centroid", "sample", "dense"), ("centroid", "sample", "blockwise"),
+               ("centroid", "sample", "ring"),
                ("median", "sample", "ring"), ("kernel", "sample", "blockwise"),
                ("kernel", "median", "dense"), ("median", "centroid", "dense"),
                ("centroid", "kernel", "dense")]

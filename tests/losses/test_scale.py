@@ -227,3 +227,28 @@ def test_bfloat16_similarities_are_bfloat16_matmuls():
   dots = [line for line in text.splitlines() if "dot_general" in line]
   assert dots
   assert any("bf16" in line.split("->")[0] and "f32" in line.split("->")[-1] for line in dots)
+
+
+@pytest.mark.parametrize("impl,reduced", [("dense", False), ("blockwise", False),
+                                          ("ring", True)])
+def test_supcon_without_num_classes_gathers_rows_instead_of_reducing_a_table(impl, reduced):
+  """Without num_classes there is one class slot per row of the global batch: dense and
+  blockwise gather the rows (their all-pairs term gathers the same rows) and sum each class
+  locally; no [N, d] table is all-reduced. The ring, which never gathers rows, keeps the
+  all-reduce."""
+  n = 1024
+
+  def loss(z, y):
+    return pj.losses.supcon(z, y, axis_name=AXIS, impl=impl)
+
+  fn = jax.shard_map(_fwd_bwd(loss), mesh=_mesh(), in_specs=(P(AXIS), P(AXIS)),
+                     out_specs=(P(), P(AXIS)), check_vma=True)
+  text = jax.jit(fn).lower(jax.ShapeDtypeStruct((n, D), jnp.float32),
+                           jax.ShapeDtypeStruct((n,), jnp.int32)).compile().as_text()
+  table = f"f32[{n},{D}]"
+  reduces = [l for l in text.splitlines() if " all-reduce(" in l and table in l.split("=")[1]
+             .split("all-reduce(")[0]]
+  assert bool(reduces) == reduced, reduces
+  if not reduced:
+    gathers = [l for l in text.splitlines() if " all-gather(" in l and table in l]
+    assert len(gathers) == 1, gathers   # one gather of the rows serves both terms
