@@ -343,10 +343,14 @@ def _compiled(static):
 
 def _projnce(z, labels, *, temperature, positive, negative, beta, num_classes, params,
              axis_name, impl, block_size, normalize, mask, log_ratio_clip, bandwidth,
-             num_views=None):
+             num_views=None, mi_bound=True):
   """`projnce` after validation. `num_views` = V selects the instance path: rows are
   examples x V views (example-major, all views of an example on this device) and the
-  classes are the examples (labels are ignored); positive=centroid, negative=sample."""
+  classes are the examples (labels are ignored); positive=centroid, negative=sample.
+
+  With beta = 0 and negative = "sample" the class-level LSE of g+ enters only the
+  adjustment and the bound, not the loss; `mi_bound=False` skips it (aux then has no
+  "adjustment" and "mi_lower_bound")."""
   dtype = compute_dtype(z.dtype)
   mdtype = _matmul_dtype(z.dtype)
   z = z.astype(dtype)
@@ -367,12 +371,14 @@ def _projnce(z, labels, *, temperature, positive, negative, beta, num_classes, p
   inv_tau = 1.0 / jnp.asarray(temperature, dtype)
   q = (z * inv_tau).astype(mdtype)
   stop_adjustment = isinstance(beta, (int, float)) and beta == 0
+  skip_bound = (stop_adjustment and not mi_bound and isinstance(negative, str)
+                and negative == "sample")
 
   if num_views is not None:
     own_count, pos_score, lse_pos, num_valid = _instance_terms(
         z, q, valid, num_views, inv_tau, impl=impl, block_size=block_size,
-        axis_name=axis_name)
-    if stop_adjustment:
+        axis_name=axis_name, lse=not skip_bound)
+    if stop_adjustment and lse_pos is not None:
       lse_pos = jax.lax.stop_gradient(lse_pos)
     defined = valid & (own_count > 0)
     lse_neg = None
@@ -388,21 +394,23 @@ def _projnce(z, labels, *, temperature, positive, negative, beta, num_classes, p
     slot_ids = jnp.arange(num_slots, dtype=jnp.int32)
     kw = dict(params=params, num_classes=num_classes, bandwidth=bandwidth)
 
-    def class_lse(name):
+    def class_lse(name, lse=True):
       table, own = _class_vectors(b, name, **kw)
       score = jnp.sum(z * own, axis=1)  # z_i . g_i(y_i)
+      if not lse:
+        return score, None
       lse = _class_lse(q, b.slots, score * inv_tau, own_count, table.astype(mdtype),
                        slot_ids, b.counts, block=block, axis_name=axis_name)
       return score, lse
 
-    pos_score, lse_pos = class_lse(positive)
+    pos_score, lse_pos = class_lse(positive, lse=not skip_bound)
     if _same_projection(positive, negative):
       lse_neg = lse_pos
     elif not (isinstance(negative, str) and negative == "sample"):
       lse_neg = class_lse(negative)[1]
     else:
       lse_neg = None
-    if stop_adjustment:
+    if stop_adjustment and lse_pos is not None:
       lse_pos = jax.lax.stop_gradient(lse_pos)
     if isinstance(positive, str) and positive in proj_lib.DATA_DEPENDENT:
       defined = valid & (own_count > 0)
@@ -415,27 +423,30 @@ def _projnce(z, labels, *, temperature, positive, negative, beta, num_classes, p
 
   zero = jnp.zeros((), dtype)
   infonce_i = jnp.where(defined, lse_neg - pos_score * inv_tau, zero)
+  count = _psum(jnp.sum(defined.astype(dtype)), axis_name)
+  denom = jnp.maximum(count, 1.0)
+  infonce_term = _psum(jnp.sum(infonce_i), axis_name) / denom
+  positive_score = _psum(jnp.sum(jnp.where(defined, pos_score, zero)), axis_name) / denom
+  aux = dict(infonce_term=infonce_term, num_anchors=count.astype(jnp.int32),
+             positive_score=positive_score, num_invalid_labels=num_invalid)
+  if lse_pos is None:  # beta = 0 and the bound not asked for: the loss is the InfoNCE term
+    return infonce_term, aux
+
   log_ratio = jnp.where(defined, lse_pos - lse_neg, zero)
   if log_ratio_clip is not None:
     log_ratio = jnp.minimum(log_ratio, log_ratio_clip)
   adjustment_i = jnp.expm1(log_ratio)
-
-  count = _psum(jnp.sum(defined.astype(dtype)), axis_name)
-  denom = jnp.maximum(count, 1.0)
-  infonce_term = _psum(jnp.sum(infonce_i), axis_name) / denom
   adjustment = _psum(jnp.sum(adjustment_i), axis_name) / denom
-  positive_score = _psum(jnp.sum(jnp.where(defined, pos_score, zero)), axis_name) / denom
   loss = infonce_term + (0.0 if stop_adjustment else beta * adjustment)
   log_n1 = jnp.log(jnp.maximum(num_valid - 1.0, 1.0))
   # With no anchor the bound is reported as 0 (I(X;C) >= 0 always holds), not log(N-1).
   bound = jnp.where(count > 0, log_n1 - infonce_term - adjustment, zero)
-  aux = dict(infonce_term=infonce_term, adjustment=adjustment, mi_lower_bound=bound,
-             num_anchors=count.astype(jnp.int32), positive_score=positive_score,
-             num_invalid_labels=num_invalid)
-  return loss, aux
+  aux.update(adjustment=adjustment, mi_lower_bound=bound)
+  return loss, {k: aux[k] for k in AUX_KEYS}
 
 
-def _instance_terms(z, q, valid, num_views, inv_tau, *, impl, block_size, axis_name):
+def _instance_terms(z, q, valid, num_views, inv_tau, *, impl, block_size, axis_name,
+                    lse=True):
   """Centroid terms when every example is its own class and its views are local.
 
   Each anchor's positive is the mean of its example's other views (a local row sum); the
@@ -443,7 +454,7 @@ def _instance_terms(z, q, valid, num_views, inv_tau, *, impl, block_size, axis_n
   passed around the ring, so no [examples, d] table is all-reduced.
 
   Returns:
-    (own_count [n], pos_score [n], lse_pos [n], num_valid scalar).
+    (own_count [n], pos_score [n], lse_pos [n] (None unless `lse`), num_valid scalar).
   """
   n, dim = z.shape
   b = n // num_views
@@ -455,6 +466,9 @@ def _instance_terms(z, q, valid, num_views, inv_tau, *, impl, block_size, axis_n
   own_count = counts[slots] - w
   own = (sums[slots] - z * w[:, None]) / jnp.maximum(own_count, 1.0)[:, None]
   pos_score = jnp.sum(z * own, axis=1)
+  num_valid = _psum(jnp.sum(counts), axis_name)
+  if not lse:
+    return own_count, pos_score, None, num_valid
   means = (sums / jnp.maximum(counts, 1.0)[:, None]).astype(q.dtype)
   offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
   ids = offset + jnp.arange(b, dtype=jnp.int32)
@@ -468,19 +482,18 @@ def _instance_terms(z, q, valid, num_views, inv_tau, *, impl, block_size, axis_n
     lse = _class_lse(q, q_ids, pos_score * inv_tau, own_count, _gather(means, axis_name),
                      _gather(ids, axis_name), _gather(counts, axis_name), block=block,
                      axis_name=axis_name)
-  return own_count, pos_score, lse, _psum(jnp.sum(counts), axis_name)
+  return own_count, pos_score, lse, num_valid
 
 
 def supcon(z: jax.Array, labels: jax.Array, *, temperature=0.1,
            num_classes: Optional[int] = None, axis_name: Optional[str] = None,
            impl: str = "dense", block_size: Optional[int] = None, normalize: bool = True,
-           mask: Optional[jax.Array] = None):
+           mask: Optional[jax.Array] = None, mi_bound: bool = False):
   """Supervised contrastive loss L_out (Khosla et al. 2020), exactly.
 
   ProjNCE with g+ = centroid, g- = sample, beta = 0. Equals SupContrast's `SupConLoss`
   (contrast_mode='all', base_temperature=temperature) when every anchor has a positive;
-  anchors without a positive are left out (never NaN). The aux dict still reports the
-  adjustment and the full MI bound.
+  anchors without a positive are left out (never NaN).
 
   The keyword arguments (temperature, num_classes, axis_name, impl, block_size,
   normalize, mask) are those of `projnce`.
@@ -488,21 +501,30 @@ def supcon(z: jax.Array, labels: jax.Array, *, temperature=0.1,
   Args:
     z: [n, d] embeddings (views as rows).
     labels: [n] int class labels.
+    mi_bound: also compute the adjustment and the MI bound for aux (one more class-level
+      log-sum-exp, forward only; the loss does not use it).
 
   Returns:
-    (loss, aux) as `projnce`.
+    (loss, aux) as `projnce`; without `mi_bound`, aux has no "adjustment" and
+    "mi_lower_bound".
 
   Example:
     >>> loss, aux = supcon(z, labels, temperature=0.1)
   """
-  return projnce(z, labels, temperature=temperature, positive="centroid", negative="sample",
-                 beta=0.0, num_classes=num_classes, axis_name=axis_name, impl=impl,
-                 block_size=block_size, normalize=normalize, mask=mask)
+  labels = jnp.asarray(labels) if isinstance(labels, (list, tuple)) else labels
+  _validate(z, labels, temperature=temperature, positive="centroid", negative="sample",
+            num_classes=num_classes, params=None, axis_name=axis_name, impl=impl,
+            block_size=block_size, mask=mask)
+  return _dispatch(z, labels, temperature=temperature, positive="centroid",
+                   negative="sample", beta=0.0, num_classes=num_classes, params=None,
+                   axis_name=axis_name, impl=impl, block_size=block_size,
+                   normalize=normalize, mask=mask, log_ratio_clip=None, bandwidth=1.0,
+                   mi_bound=bool(mi_bound))
 
 
 def infonce(z_views: jax.Array, *, temperature=0.1, axis_name: Optional[str] = None,
             impl: str = "dense", block_size: Optional[int] = None, normalize: bool = True,
-            mask: Optional[jax.Array] = None):
+            mask: Optional[jax.Array] = None, mi_bound: bool = False):
   """InfoNCE / NT-Xent (SimCLR): SupCon with instance ids as labels.
 
   Every example is its own class and its V views sit on the same device, so each
@@ -514,12 +536,16 @@ def infonce(z_views: jax.Array, *, temperature=0.1, axis_name: Optional[str] = N
     z_views: [b, V, d] local examples with V >= 2 views each. Instance ids are made
       globally unique across devices (device offset + local index).
     mask: optional [b] bool validity of the examples.
+    mi_bound: also compute the adjustment and the MI bound for aux (a log-sum-exp over
+      the b example centroids, forward only, about a sixth of the step at b = N / 2;
+      the loss does not use it).
 
   The other keyword arguments (temperature, axis_name, impl, block_size, normalize) are
   those of `projnce`.
 
   Returns:
-    (loss, aux) as `projnce`. With V = 2 the loss is NT-Xent:
+    (loss, aux) as `projnce`; without `mi_bound`, aux has no "adjustment" and
+    "mi_lower_bound". With V = 2 the loss is NT-Xent:
     mean_i -z_i.z_i'/tau + LSE_{a != i} z_i.z_a/tau.
 
   Example:
@@ -540,4 +566,4 @@ def infonce(z_views: jax.Array, *, temperature=0.1, axis_name: Optional[str] = N
                    positive="centroid", negative="sample", beta=0.0, num_classes=None,
                    params=None, axis_name=axis_name, impl=impl, block_size=block_size,
                    normalize=normalize, mask=rows_mask, log_ratio_clip=None,
-                   bandwidth=1.0, num_views=v)
+                   bandwidth=1.0, num_views=v, mi_bound=bool(mi_bound))

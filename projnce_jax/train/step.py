@@ -57,9 +57,10 @@ def method_loss(method: str, out: Dict[str, jax.Array], labels: jax.Array, mask:
         block_size=kw.get("block_size"), mask=mask, log_ratio_clip=kw.get("log_ratio_clip"),
         bandwidth=kw.get("bandwidth", 1.0))
   if method == "supcon":
+    # mi_bound: the trainer logs the batch's bound (train_batch_mi_estimate).
     loss, aux = losses.supcon(z, labels, temperature=temperature, num_classes=num_classes,
                               axis_name=axis_name, impl=impl,
-                              block_size=kw.get("block_size"), mask=mask)
+                              block_size=kw.get("block_size"), mask=mask, mi_bound=True)
     if kw.get("dispersion", 0.0):  # control: SupCon + an explicit dispersion term
       term, daux = losses.dispersion_control(z, labels, temperature=temperature,
                                              num_classes=num_classes, mask=mask,
@@ -71,7 +72,7 @@ def method_loss(method: str, out: Dict[str, jax.Array], labels: jax.Array, mask:
     z_views = z.reshape((-1, num_views, z.shape[-1]))  # [b, V, d]
     return losses.infonce(z_views, temperature=temperature, axis_name=axis_name, impl=impl,
                           block_size=kw.get("block_size"),
-                          mask=mask.reshape((-1, num_views))[:, 0])
+                          mask=mask.reshape((-1, num_views))[:, 0], mi_bound=True)
   raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 

@@ -122,7 +122,8 @@ def _assert_close(a, b, tol):
   (loss_a, aux_a), grads_a = a
   (loss_b, aux_b), grads_b = b
   np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=0, atol=tol)
-  for key in pj.losses.AUX_KEYS:
+  assert set(aux_a) == set(aux_b)
+  for key in aux_a:
     np.testing.assert_allclose(float(aux_a[key]), float(aux_b[key]), atol=tol, err_msg=key)
   for ga, gb in zip(grads_a, grads_b):
     np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=0, atol=tol)

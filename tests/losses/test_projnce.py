@@ -385,3 +385,36 @@ def test_an_eager_call_runs_one_compiled_program_per_shape_and_setting():
   np.testing.assert_allclose(float(eager), float(traced), rtol=1e-6)
   assert mod._compiled.cache_info().currsize == after.currsize + 1  # traced in place
   assert float(again) != float(eager) and set(aux) == set(pj.losses.AUX_KEYS)
+
+
+# The bound on request (beta = 0 losses) ------------------------------------------------------
+@pytest.mark.parametrize("kind", ["supcon", "supcon_nc", "infonce"])
+def test_mi_bound_is_computed_only_when_asked(kind):
+  """supcon / infonce skip the class-level LSE of g+ unless mi_bound=True: the loss and its
+  gradient are the same either way, aux loses exactly the two keys that need it, and the
+  compiled program has one matrix product fewer."""
+  z, y = _batch(11, n=32)
+  if kind == "infonce":
+    zz = jnp.asarray(z).reshape(16, 2, 8)
+    fn = lambda z_, **k: pj.losses.infonce(z_, temperature=0.3, **k)
+  else:
+    zz = jnp.asarray(z)
+    nc = dict(num_classes=4) if kind == "supcon_nc" else {}
+    fn = lambda z_, **k: pj.losses.supcon(z_, jnp.asarray(y), temperature=0.3, **nc, **k)
+  grad = lambda **k: jax.jit(jax.value_and_grad(lambda z_: fn(z_, **k), has_aux=True))
+  (l0, aux0), g0 = grad()(zz)
+  (l1, aux1), g1 = grad(mi_bound=True)(zz)
+  assert float(l0) == float(l1)
+  np.testing.assert_array_equal(np.asarray(g0), np.asarray(g1))
+  assert set(aux1) == set(pj.losses.AUX_KEYS)
+  assert set(aux1) - set(aux0) == {"adjustment", "mi_lower_bound"}
+  for key in aux0:
+    assert float(aux0[key]) == float(aux1[key]), key
+  # With the bound, aux equals projnce's with beta = 0 (the definition).
+  ref = (pj.losses.projnce(zz.reshape(32, 8), jnp.repeat(jnp.arange(16), 2), temperature=0.3,
+                           beta=0.0) if kind == "infonce" else
+         pj.losses.projnce(zz, jnp.asarray(y), temperature=0.3, beta=0.0, **nc))
+  for key in pj.losses.AUX_KEYS:
+    np.testing.assert_allclose(float(aux1[key]), float(ref[1][key]), atol=1e-12, err_msg=key)
+  dots = lambda **k: grad(**k).lower(zz).compile().as_text().count(" dot(")
+  assert dots() < dots(mi_bound=True)
