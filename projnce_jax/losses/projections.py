@@ -130,10 +130,22 @@ def epanechnikov(sq_dist: jax.Array, bandwidth) -> jax.Array:
   return jax.lax.stop_gradient(w)
 
 
-def _kernel_block_weights(m_loo, slots, row_ids, zb, slots_b, valid_b, ids_b, bandwidth):
-  """Own-class kernel weights of one row block: [n, B] (zero off the anchor's class)."""
-  sq = (jnp.sum(jnp.square(zb), axis=1)[None, :] - 2.0 * (m_loo @ zb.T) +
-        jnp.sum(jnp.square(m_loo), axis=1)[:, None])  # [n, d] x [d, B] -> [n, B]
+def _mm(a, b, out_dtype):
+  """a @ b in the operands' dtype (bfloat16 on bfloat16 input), accumulated in out_dtype."""
+  return jnp.dot(a, b, preferred_element_type=out_dtype).astype(out_dtype)
+
+
+def _kernel_block_weights(m_loo, slots, row_ids, zb, slots_b, valid_b, ids_b, bandwidth,
+                          mdtype=None):
+  """Own-class kernel weights of one row block: [n, B] (zero off the anchor's class).
+
+  The cross term m . z runs in `mdtype` (the matmul dtype) with accumulation in m_loo's
+  dtype; the squared norms stay in m_loo's dtype.
+  """
+  mdtype = mdtype or m_loo.dtype
+  cross = _mm(m_loo.astype(mdtype), zb.astype(mdtype).T, m_loo.dtype)  # [n, d] x [d, B]
+  sq = (jnp.sum(jnp.square(zb), axis=1)[None, :] - 2.0 * cross +
+        jnp.sum(jnp.square(m_loo), axis=1)[:, None])  # [n, B]
   member = ((slots_b[None, :] == slots[:, None]) & valid_b[None, :] &
             (ids_b[None, :] != row_ids[:, None]))
   return jnp.where(member, epanechnikov(jnp.maximum(sq, 0.0), bandwidth), 0.0)
@@ -152,17 +164,18 @@ def _row_blocks(block, *xs):
   return tuple(split(x, f) for x, f in zip(xs, fills))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _kernel_stream(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block,
-                   axis_name):
+                   axis_name, mdtype):
   """(sum_j w_ij z_j [n, d], sum_j w_ij [n]) over row blocks; w under stop_gradient."""
   num_rows = z_all.shape[0]
   blocks = _row_blocks(block, z_all, slots_all, valid_all, jnp.arange(num_rows))
 
   def step(carry, xs):
     num, den = carry
-    w = _kernel_block_weights(m_loo, slots, row_ids, *xs, bandwidth)
-    return (num + w @ xs[0], den + jnp.sum(w, axis=1)), None  # [n, B] x [B, d] -> [n, d]
+    w = _kernel_block_weights(m_loo, slots, row_ids, *xs, bandwidth, mdtype)
+    wz = _mm(w.astype(mdtype), xs[0].astype(mdtype), m_loo.dtype)  # [n, B] x [B, d]
+    return (num + wz, den + jnp.sum(w, axis=1)), None
 
   init = to_varying((jnp.zeros_like(m_loo), jnp.zeros(m_loo.shape[:1], m_loo.dtype)),
                     axis_name)
@@ -171,20 +184,20 @@ def _kernel_stream(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth
 
 
 def _kernel_stream_fwd(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block,
-                       axis_name):
+                       axis_name, mdtype):
   out = _kernel_stream(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth, block,
-                       axis_name)
+                       axis_name, mdtype)
   return out, (m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth)
 
 
-def _kernel_stream_bwd(block, axis_name, res, g):
+def _kernel_stream_bwd(block, axis_name, mdtype, res, g):
   m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth = res
-  g_num = g[0]
+  g_num = g[0].astype(mdtype)
   blocks = _row_blocks(block, z_all, slots_all, valid_all, jnp.arange(z_all.shape[0]))
 
   def step(_, xs):
-    w = _kernel_block_weights(m_loo, slots, row_ids, *xs, bandwidth)
-    return None, w.T @ g_num  # [B, n] x [n, d] -> [B, d]
+    w = _kernel_block_weights(m_loo, slots, row_ids, *xs, bandwidth, mdtype)
+    return None, _mm(w.astype(mdtype).T, g_num, z_all.dtype)  # [B, n] x [n, d] -> [B, d]
 
   del axis_name  # the scan carries nothing
   _, dz = jax.lax.scan(step, None, blocks)
@@ -195,30 +208,37 @@ def _kernel_stream_bwd(block, axis_name, res, g):
 _kernel_stream.defvjp(_kernel_stream_fwd, _kernel_stream_bwd)
 
 
-def kernel_own_sums(m_loo, b: ClassBatch, bandwidth):
+def kernel_own_sums(m_loo, b: ClassBatch, bandwidth, matmul_dtype=None):
   """Weighted sums of each anchor's own class around m_loo: ([n, d], [n]).
 
   Rows are read in blocks of B (memory O(n * B)); a single block is evaluated directly.
+  The products run in `matmul_dtype` (default: m_loo's dtype) with accumulation in m_loo's.
   """
   n, num_rows = b.z.shape[0], b.z_all.shape[0]
+  mdtype = matmul_dtype or m_loo.dtype
   row_ids = b.offset + jnp.arange(n)
   block = max(128, _KERNEL_BLOCK_BUDGET // max(n, 1))
-  if num_rows <= block:
+  if num_rows <= block and jnp.dtype(mdtype) == m_loo.dtype:
     w = _kernel_block_weights(m_loo, b.slots, row_ids, b.z_all, b.slots_all, b.valid_all,
                               jnp.arange(num_rows), bandwidth)
     return w @ b.z_all, jnp.sum(w, axis=1)  # [n, N] x [N, d] -> [n, d]
+  # Streamed, or narrower products (one block then): the custom VJP keeps the backward
+  # products in `mdtype` too (autodiff would run them on the float32 cotangent).
+  block = min(block, num_rows)
   bandwidth = jnp.asarray(bandwidth, b.z.dtype)
   args = to_varying((m_loo, b.z_all, b.slots, b.slots_all, b.valid_all, row_ids),
                     b.axis_name)
-  return _kernel_stream(*args, bandwidth, block, b.axis_name)
+  return _kernel_stream(*args, bandwidth, block, b.axis_name, jnp.dtype(mdtype).name)
 
 
-def kernel_vectors(b: ClassBatch, bandwidth: float = 1.0):
+def kernel_vectors(b: ClassBatch, bandwidth: float = 1.0, matmul_dtype=None):
   """Nadaraya-Watson class means [K, d] and leave-one-out own-class ones [n, d].
 
   Weights w_j = K(||z_j - m|| / h), m the class mean (leave-one-out for the anchor's own
   class), under stop_gradient; all-zero weights fall back to m. The table uses local
-  segment sums (psum'd); the own class streams over the gathered rows (`kernel_own_sums`).
+  segment sums (psum'd); the own class streams over the gathered rows (`kernel_own_sums`),
+  its [n, N]-sized products in `matmul_dtype` (bfloat16 on bfloat16 input) with
+  accumulation in the rows' dtype.
   """
   k = b.counts.shape[0]
   axis = b.axis_name
@@ -234,7 +254,7 @@ def kernel_vectors(b: ClassBatch, bandwidth: float = 1.0):
   # Own class, leaving the anchor out: m_i = (sum - z_i) / (n - 1).
   own_count = b.counts[b.slots] - 1.0
   m_loo = (b.sums[b.slots] - b.z) / jnp.maximum(own_count, 1.0)[:, None]  # [n, d]
-  num_own, den_own = kernel_own_sums(m_loo, b, bandwidth)
+  num_own, den_own = kernel_own_sums(m_loo, b, bandwidth, matmul_dtype)
   g_own = jnp.where(den_own[:, None] > 0,
                     num_own / jnp.where(den_own > 0, den_own, 1.0)[:, None], m_loo)
   return proj, g_own

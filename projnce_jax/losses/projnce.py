@@ -171,7 +171,7 @@ def _class_batch(z, labels, valid, num_classes, axis_name, *,
 
 
 def _class_vectors(b: proj_lib.ClassBatch, name: Projection, *, params, num_classes,
-                   bandwidth):
+                   bandwidth, matmul_dtype=None):
   """(table [K, d] of g(c), own [n, d] of g_i(y_i)) for projection `name`."""
   if not isinstance(name, str):
     table = jnp.asarray(name, b.z.dtype)
@@ -180,7 +180,7 @@ def _class_vectors(b: proj_lib.ClassBatch, name: Projection, *, params, num_clas
   elif name == "median":
     return proj_lib.median_vectors(b)
   elif name == "kernel":
-    return proj_lib.kernel_vectors(b, bandwidth)
+    return proj_lib.kernel_vectors(b, bandwidth, matmul_dtype)
   elif name == "orthogonal":
     table = jnp.asarray(proj_lib.orthogonal_table(num_classes, b.z.shape[1]), b.z.dtype)
   else:  # mlp
@@ -392,7 +392,8 @@ def _projnce(z, labels, *, temperature, positive, negative, beta, num_classes, p
     num_slots = b.counts.shape[0]
     block = _class_block(n, num_slots, block_size)
     slot_ids = jnp.arange(num_slots, dtype=jnp.int32)
-    kw = dict(params=params, num_classes=num_classes, bandwidth=bandwidth)
+    kw = dict(params=params, num_classes=num_classes, bandwidth=bandwidth,
+              matmul_dtype=mdtype)
 
     def class_lse(name, lse=True):
       table, own = _class_vectors(b, name, **kw)

@@ -252,3 +252,27 @@ def test_supcon_without_num_classes_gathers_rows_instead_of_reducing_a_table(imp
   if not reduced:
     gathers = [l for l in text.splitlines() if " all-gather(" in l and table in l]
     assert len(gathers) == 1, gathers   # one gather of the rows serves both terms
+
+
+@pytest.mark.parametrize("n", [256, 8192])   # one row block; streamed row blocks
+def test_bfloat16_kernel_projection_products_are_bfloat16(n):
+  """On bfloat16 input the matrix products the kernel projection adds (its own-class
+  weights m . z and weighted sums w z, and both again in the backward pass) run on
+  bfloat16 operands with float32 accumulation, like the similarity products: the program
+  of positive="kernel" has every product of positive="centroid" plus >= 4 such ones."""
+  import collections  # pylint: disable=g-import-not-at-top
+  z = jax.ShapeDtypeStruct((n, 32), jnp.bfloat16)
+  y = jax.ShapeDtypeStruct((n,), jnp.int32)
+
+  def dots(positive):
+    fn = jax.grad(lambda z_, y_: pj.losses.projnce(z_, y_, positive=positive,
+                                                   impl="blockwise")[0])
+    text = jax.jit(fn).lower(z, y).as_text()
+    return collections.Counter(line.split(":")[-1].strip() for line in text.splitlines()
+                               if "dot_general" in line)
+
+  added = dots("kernel") - dots("centroid")
+  assert sum(added.values()) >= 4, added
+  for signature in added:
+    operands, result = signature.split("->")
+    assert operands.count("bf16") == 2 and "f32" in result, signature
