@@ -425,6 +425,10 @@ def cell_record(res: Dict[str, Any]) -> Dict[str, Any]:
       "knn_acc_clean_labels": _first(res, "knn_acc_clean_labels",
                                      "knn_accuracy_clean_labels"),
       "probe_train_labels": res.get("probe_train_labels"),
+      # Stage 1 at label noise: the same probe and kNN scored on the clean validation labels.
+      "linear_probe_accuracy_clean_eval_labels": res.get(
+          "linear_probe_accuracy_clean_eval_labels"),
+      "knn_accuracy_clean_eval_labels": res.get("knn_accuracy_clean_eval_labels"),
       "heldout_mi_bound": res.get("heldout_mi_bound"),
       "train_batch_mi_estimate": _first(res, "train_batch_mi_estimate", "mi_lower_bound"),
       "eval_split": res.get("eval_split"),

@@ -79,7 +79,8 @@ def extract_features(feature_fn, params, batch_stats, batches: Iterable[Dict[str
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                  test_y: np.ndarray, *, num_classes: int, epochs: int = 100,
                  batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
-                 seed: int = 0) -> Dict[str, Any]:
+                 seed: int = 0, other_test_y: Optional[np.ndarray] = None
+                 ) -> Dict[str, Any]:
   """Trains a linear classifier on frozen features; reports the final-epoch accuracy.
 
   Features are standardised with the training set's mean and standard deviation (an
@@ -95,10 +96,13 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     lr: peak learning rate.
     weight_decay: AdamW decay on the weights.
     seed: initialisation and shuffling seed.
+    other_test_y: optional second [m] labelling of the test rows (e.g. the clean labels of
+      a noisy validation split) the final classifier is also scored on.
 
   Returns:
     {"test_accuracy": final-epoch test accuracy, "train_accuracy": final-epoch training
-    accuracy, "test_accuracy_curve": [epochs] per-epoch test accuracy (for plots only)}.
+    accuracy, "test_accuracy_curve": [epochs] per-epoch test accuracy (for plots only)},
+    and "other_test_accuracy" with `other_test_y`.
   """
   mean = train_x.mean(0, keepdims=True)
   std = train_x.std(0, keepdims=True) + 1e-6
@@ -144,9 +148,13 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     carry, acc = epoch(carry, e, xtr, ytr, xte, yte)
     curve.append(float(acc))
   params = carry[0]
-  return {"test_accuracy": curve[-1] if curve else float(accuracy(params, xte, yte)),
-          "train_accuracy": float(accuracy(params, xtr, ytr)),
-          "test_accuracy_curve": curve}
+  out = {"test_accuracy": curve[-1] if curve else float(accuracy(params, xte, yte)),
+         "train_accuracy": float(accuracy(params, xtr, ytr)),
+         "test_accuracy_curve": curve}
+  if other_test_y is not None:
+    out["other_test_accuracy"] = float(accuracy(params, xte,
+                                                jnp.asarray(other_test_y, jnp.int32)))
+  return out
 
 
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,

@@ -130,12 +130,25 @@ def test_noisy_labels_also_probe_on_clean_labels(tiny_config, tmp_path):
                                 splits.clean_labels["validation"][test["index"]])
   assert np.mean(test["label"] != test["clean_label"]) > 0.3   # noise 0.6 flips many
   assert ev["probe_train_labels"] == "noisy"
-  for key in ("linear_probe_accuracy_clean_labels", "knn_accuracy_clean_labels"):
+  for key in ("linear_probe_accuracy_clean_labels", "knn_accuracy_clean_labels",
+              "linear_probe_accuracy_clean_eval_labels", "knn_accuracy_clean_eval_labels"):
     assert 0.0 <= ev[key] <= 1.0, key
+  # The same kNN scored against the clean validation labels: recomputed from its predictions.
+  eval_lib = trainer.eval_lib
+  train_ev = eval_lib.extract_features(
+      eval_lib.make_feature_fn(exp.model, exp.eval_inputs), state.params["model"],
+      state.batch_stats, exp.eval_loader(exp.train_source, exp.label_fn))
+  predicted = eval_lib.knn_predict(train_ev["features"], train_ev["label"], test["features"],
+                                   num_classes=exp.num_classes, k=config.knn.k,
+                                   temperature=config.knn.temperature)
+  assert ev["knn_accuracy_clean_eval_labels"] == float(
+      np.mean(predicted == test["clean_label"]))
+  assert ev["knn_accuracy"] == float(np.mean(predicted == test["label"]))
 
   clean = trainer.evaluate(trainer.Experiment(tiny_config(num_steps=4)), state)
   assert clean["probe_train_labels"] == "clean"
   assert "linear_probe_accuracy_clean_labels" not in clean
+  assert "linear_probe_accuracy_clean_eval_labels" not in clean
 
 
 def _tensorboard_scalars(folder):
