@@ -40,6 +40,7 @@ import concurrent.futures
 import gzip
 import importlib.resources
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -285,9 +286,16 @@ TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "adam", "Alex"
                   "edward", "Gene", "iven", "john", "linda", "max", "Michael", "paul",
                   "quincy", "rob", "robert", "steph", "klatt", "klatt2", "croak",
                   "whisper", "grandpa", "norbert", "travis")
-TEST_VARIANTS = ("m6", "m7", "m8", "f4", "f5", "Alicia", "Andrea", "boris", "edward2",
-                 "Gene2", "iven2", "Lee", "Mike", "pablo", "steph2", "klatt3", "whisperf",
-                 "grandma", "shelby", "victor")
+# The test variants are acoustically distinct from the training ones by two rules, checked
+# against the installed espeak-ng data before the dataset is built (`check_espeak_voices`):
+# no test variant is a training variant's name plus digits or "f" (a sibling: Gene2, edward2,
+# iven2, steph2, klatt3 and whisperf were), and each differs from every training variant in
+# at least MIN_VARIANT_DISTANCE of its parameters, the pitch (which the generator's -p
+# overrides), name, gender and language aside (`variant_distance`).
+TEST_VARIANTS = ("m6", "m7", "m8", "f4", "f5", "Alicia", "Andrea", "boris", "Denis", "Diogo",
+                 "Jacky", "Lee", "Mike", "pablo", "Marco", "anika", "zac", "grandma",
+                 "shelby", "victor")
+MIN_VARIANT_DISTANCE = 3
 SPOKEN_RANGES = {"pitch": (20, 80), "speed": (120, 220), "amplitude": (40, 180),
                  "snr_db": (5.0, 30.0)}
 _SPOKEN_WORKERS = 2  # espeak-ng processes at once (this machine class has 2 cores)
@@ -304,15 +312,68 @@ def espeak_available() -> bool:
   return path is not None and os.access(path, os.X_OK)
 
 
+_IGNORED_VARIANT_KEYS = ("name", "language", "gender", "pitch")
+
+
+def espeak_data_dir() -> str | None:
+  """espeak-ng's data folder ("Data at: ..." of `espeak-ng --version`), or None."""
+  binary = espeak_binary()
+  if binary is None:
+    return None
+  text = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                        timeout=60).stdout
+  match = re.search(r"Data at:\s*(\S+)", text)
+  return match.group(1) if match else None
+
+
+def variant_parameters(name: str, data_dir: str) -> dict:
+  """The parameters of an espeak-ng voice variant: {key: values}, one key per formant
+  ("formant 1"), without the name, language, gender and pitch."""
+  out = {}
+  with open(os.path.join(data_dir, "voices", "!v", name), errors="replace") as f:
+    for line in f:
+      tokens = line.split("//")[0].split()
+      if not tokens or tokens[0] in _IGNORED_VARIANT_KEYS:
+        continue
+      if tokens[0] == "formant" and len(tokens) > 1:
+        out[f"formant {tokens[1]}"] = tuple(tokens[2:])
+      else:
+        out[tokens[0]] = tuple(tokens[1:])
+  return out
+
+
+def variant_distance(a: dict, b: dict) -> int:
+  """How many parameters (keys of `variant_parameters`) two variants set differently."""
+  return sum(a.get(k) != b.get(k) for k in set(a) | set(b))
+
+
+def variant_siblings(test: tuple | None = None, train: tuple | None = None) -> list:
+  """Test variants named as a training variant plus digits or "f" (e.g. Gene2 of Gene)."""
+  train_names = {v.lower() for v in (train or TRAIN_VARIANTS)}
+  return [v for v in (test or TEST_VARIANTS)
+          if re.sub(r"(\d+|f)$", "", v).lower() in train_names]
+
+
+def similar_variants(data_dir: str, test: tuple | None = None,
+                     train: tuple | None = None) -> list:
+  """(test, training, distance) for test variants closer than MIN_VARIANT_DISTANCE."""
+  params = {v: variant_parameters(v, data_dir) for v in (test or TEST_VARIANTS) +
+            (train or TRAIN_VARIANTS)}
+  return [(t, r, d) for t in (test or TEST_VARIANTS) for r in (train or TRAIN_VARIANTS)
+          if (d := variant_distance(params[t], params[r])) < MIN_VARIANT_DISTANCE]
+
+
 def check_espeak_voices() -> None:
-  """Checks that espeak-ng knows every voice and variant the dataset uses.
+  """Checks that espeak-ng knows every voice and variant the dataset uses, and that the
+  test variants are distinct from the training ones (the rules at TEST_VARIANTS).
 
   espeak-ng silently falls back to its default for an unknown variant, which would
   merge speakers; this makes a different espeak-ng installation fail loudly instead.
 
   Raises:
     FileNotFoundError: espeak-ng is not installed.
-    RuntimeError: a voice or variant is missing (named).
+    RuntimeError: a voice or variant is missing, or a test variant is a sibling of, or
+      too close to, a training variant (named).
   """
   binary = espeak_binary()
   if binary is None:
@@ -327,6 +388,13 @@ def check_espeak_voices() -> None:
   if missing:
     raise RuntimeError(f"espeak-ng at {binary} lacks the voices/variants {missing}; "
                        "spoken_digits needs espeak-ng >= 1.51 with its standard data.")
+  close = variant_siblings()
+  data_dir = espeak_data_dir()
+  if data_dir is not None:
+    close += [f"{t} ~ {r} ({d} parameters differ)" for t, r, d in similar_variants(data_dir)]
+  if close:
+    raise RuntimeError(f"spoken_digits: test variants too close to training ones with the "
+                       f"espeak-ng data of {binary}: {close}")
 
 
 def _wav_samples(data: bytes) -> tuple[np.ndarray, int]:
@@ -438,8 +506,11 @@ class SpokenDigits(OfflineBuilder):
   ``NUM_TRAIN_PER_CLASS`` / ``NUM_TEST_PER_CLASS`` set the size (tests shrink them).
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Test variants distinct from the training ones: Gene2, edward2, "
+                            "iven2, steph2, klatt3 and whisperf replaced by Denis, Diogo, "
+                            "Jacky, Marco, anika and zac (rules at TEST_VARIANTS)."}
   NUM_TRAIN_PER_CLASS = 400
   NUM_TEST_PER_CLASS = 100
 

@@ -86,6 +86,32 @@ def test_espeak_knows_every_voice_and_variant():
   builders.check_espeak_voices()   # raises naming what is missing
 
 
+def test_no_test_variant_is_a_sibling_of_a_training_one():
+  assert builders.variant_siblings() == []
+  # The rule finds the siblings the first test split had.
+  old = ("Gene2", "edward2", "iven2", "steph2", "klatt3", "whisperf", "m6", "f4", "Lee")
+  assert builders.variant_siblings(test=old) == list(old[:6])
+
+
+@needs_espeak
+def test_test_variants_differ_from_every_training_variant_in_several_parameters():
+  data_dir = builders.espeak_data_dir()
+  assert data_dir is not None
+  assert builders.similar_variants(data_dir) == []
+  # The measure: Gene2 sets nothing but the pitch differently from Gene, edward2 one
+  # parameter (klatt) from edward.
+  close = builders.similar_variants(data_dir, test=("Gene2", "edward2", "m6"))
+  assert ("Gene2", "Gene", 0) in close and ("edward2", "edward", 1) in close
+  assert not any(t == "m6" for t, _, _ in close)
+
+
+@needs_espeak
+def test_a_test_variant_too_close_to_training_stops_the_build(monkeypatch):
+  monkeypatch.setattr(builders, "TEST_VARIANTS", builders.TEST_VARIANTS + ("Gene2",))
+  with pytest.raises(RuntimeError, match="Gene2"):
+    builders.check_espeak_voices()
+
+
 def test_missing_espeak_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setenv("PROJNCE_ESPEAK", str(tmp_path / "no-espeak"))
   monkeypatch.setattr(builders, "espeak_binary", lambda: None)
