@@ -96,11 +96,12 @@ def median_vectors(b: ClassBatch):
        jnp.broadcast_to(rows[:, None], (num, dim))),
       dimension=0, num_keys=2)
   cols = jnp.arange(dim)[None, :]
-  sorted_vals = b.z_all[perm, cols]  # [N, d], differentiable gather
   start = jnp.cumsum(counts) - counts  # [K] first sorted position of each class
 
-  def pick(pos):  # values at sorted positions pos [.., d] (clamped)
-    return jnp.take_along_axis(sorted_vals, jnp.clip(pos, 0, num - 1), axis=0)
+  def pick(pos):  # values at sorted positions pos [m, d] (clamped): the selected rows of
+    # z_all are gathered directly (differentiable), never a sorted [N, d] copy of z_all
+    row = jnp.take_along_axis(perm, jnp.clip(pos, 0, num - 1), axis=0)  # [m, d] row ids
+    return b.z_all[row, cols[:, :pos.shape[1]]]
 
   lo = start + (counts - 1) // 2
   hi = start + counts // 2
