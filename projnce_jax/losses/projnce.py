@@ -228,7 +228,10 @@ def _class_lse(q, q_ids, own_score, own_count, table, table_ids, counts, *, bloc
   if ring:
     other = sample_lib.ring_lse(*args, block, axis_name, True)
   elif block >= table.shape[0]:  # one block: evaluate [n, K] directly
-    scores = sample_lib.dot_nt(q, table) + bias[None, :]  # [n, d] x [d, K] -> [n, K]
+    # Both operands varying over the axis: the custom VJP's cotangents then match them
+    # (autodiff sums a replicated table's cotangent across devices through to_varying).
+    qv, tv = to_varying((q, table), axis_name)
+    scores = sample_lib.dot_nt_vjp(qv, tv) + bias[None, :]  # [n, d] x [d, K] -> [n, K]
     other = masked_logsumexp(scores, present[None, :] & (table_ids[None, :] != q_ids[:, None]))
   else:
     other = sample_lib.stream_lse(*args, block, axis_name, True)

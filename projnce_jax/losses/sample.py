@@ -69,6 +69,25 @@ def dot_nt(a: jax.Array, b: jax.Array) -> jax.Array:
                              preferred_element_type=compute_dtype(a.dtype))
 
 
+@jax.custom_vjp
+def dot_nt_vjp(a: jax.Array, b: jax.Array) -> jax.Array:
+  """`dot_nt` whose backward products also run in the operands' dtype: autodiff would
+  multiply the >= float32 cotangent by the (bfloat16) operands in float32."""
+  return dot_nt(a, b)
+
+
+def _dot_nt_fwd(a, b):
+  return dot_nt(a, b), (a, b)
+
+
+def _dot_nt_bwd(res, g):
+  a, b = res
+  return dot_nn(g, b).astype(a.dtype), dot_tn(g, a).astype(b.dtype)
+
+
+dot_nt_vjp.defvjp(_dot_nt_fwd, _dot_nt_bwd)
+
+
 def dot_nn(a: jax.Array, b: jax.Array) -> jax.Array:
   """a [n, m] . b [m, d] -> [n, d] in b's dtype, accumulated in >= float32."""
   return jax.lax.dot_general(a.astype(b.dtype), b, (((1,), (0,)), ((), ())),

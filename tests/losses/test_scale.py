@@ -276,3 +276,20 @@ def test_bfloat16_kernel_projection_products_are_bfloat16(n):
   for signature in added:
     operands, result = signature.split("->")
     assert operands.count("bf16") == 2 and "f32" in result, signature
+
+
+@pytest.mark.parametrize("num_classes", [None, 10])
+def test_bfloat16_class_level_products_are_bfloat16_in_both_passes(num_classes):
+  """The class-level LSE evaluated as one [n, K] block (K <= 512 slots) runs its forward
+  and backward products on bfloat16 operands (float32 accumulation): every product of
+  ProjNCE's fwd+bwd program on bfloat16 input does."""
+  z = jax.ShapeDtypeStruct((256, 32), jnp.bfloat16)
+  y = jax.ShapeDtypeStruct((256,), jnp.int32)
+  fn = jax.grad(lambda z_, y_: pj.losses.projnce(z_, y_, num_classes=num_classes,
+                                                 impl="blockwise")[0])
+  text = jax.jit(fn).lower(z, y).as_text()
+  dots = [line.split(":")[-1] for line in text.splitlines() if "dot_general" in line]
+  assert len(dots) >= 5
+  for signature in dots:
+    operands, result = signature.split("->")
+    assert operands.count("bf16") == 2 and "f32" in result, signature
