@@ -733,29 +733,39 @@ def full_scale_first(cache: _sweep.CellCache, setting: Setting, tuned: Dict[str,
                     methods=methods)
 
 
-def run_rounding(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str],
-                 tuned: Dict[str, Any]) -> List[Dict[str, Any]]:
-  """Stage-2 cells of the endpoint methods at PRIMARY_NOISE, seeds ROUNDING_SEEDS, again on
-  2 devices (same global batch, synchronised batch norm): only the rounding changes."""
-  cells = []
+def _rounding_plan(setting: Setting, datasets: Sequence[str], tuned: Dict[str, Any]):
+  """(dataset, method, seed, original key, its config, rerun key, its 2-device config) of
+  the endpoint methods' stage-2 cells at PRIMARY_NOISE, seeds ROUNDING_SEEDS, whose values
+  are tuned and whose length is chosen."""
   for ds in datasets:
-    entry = tuned.get(ds, {})
-    if "num_epochs" not in entry:
+    epochs = tuned.get(ds, {}).get("num_epochs")
+    if epochs is None:
       continue
     for seed in ROUNDING_SEEDS:
       for m in (PRIMARY_TARGET,) + PRIMARY_REFERENCES:
         hp, was_tuned = stage2_hp(tuned, ds, m, PRIMARY_NOISE)
-        if not was_tuned or cache.lookup(f"stage2/{ds}/noise{PRIMARY_NOISE:g}/{m}/seed{seed}",
-                                         _stage2_config(setting, ds, m, hp, PRIMARY_NOISE,
-                                                        seed, entry["num_epochs"])) is None:
-          continue  # rerun only what exists once
-        key = f"rounding/devices2/stage2/{ds}/noise{PRIMARY_NOISE:g}/{m}/seed{seed}"
-        config = _stage2_config(setting, ds, m, hp, PRIMARY_NOISE, seed,
-                                entry["num_epochs"], num_devices=2)
-        rec = cache.get_or_run(key, config, cell_record)
-        if rec is not None:
-          cells.append(dict(rec, key=key, dataset=ds, noise=PRIMARY_NOISE, method=m,
-                            seed=seed))
+        if not was_tuned:
+          continue
+        key = f"stage2/{ds}/noise{PRIMARY_NOISE:g}/{m}/seed{seed}"
+        yield (ds, m, seed, key,
+               _stage2_config(setting, ds, m, hp, PRIMARY_NOISE, seed, epochs),
+               f"rounding/devices2/{key}",
+               _stage2_config(setting, ds, m, hp, PRIMARY_NOISE, seed, epochs, num_devices=2))
+
+
+def run_rounding(cache: _sweep.CellCache, setting: Setting, datasets: Sequence[str],
+                 tuned: Dict[str, Any]) -> List[Dict[str, Any]]:
+  """The `_rounding_plan` cells again on 2 devices (same global batch, synchronised batch
+  norm): only the rounding changes. Only cells whose original has finished are rerun."""
+  cells = []
+  for ds, m, seed, key, config, rerun_key, rerun_config in _rounding_plan(
+      setting, datasets, tuned):
+    if cache.lookup(key, config) is None:
+      continue
+    rec = cache.get_or_run(rerun_key, rerun_config, cell_record)
+    if rec is not None:
+      cells.append(dict(rec, key=rerun_key, dataset=ds, noise=PRIMARY_NOISE, method=m,
+                        seed=seed))
   return cells
 
 
@@ -763,19 +773,10 @@ def rounding_values(cache: _sweep.CellCache, setting: Setting, datasets: Sequenc
                     tuned: Dict[str, Any]) -> Dict[str, Dict[str, Optional[float]]]:
   """"dataset|noise|method" -> {seed: primary metric} of the finished 2-device reruns."""
   out: Dict[str, Dict[str, Optional[float]]] = {}
-  for ds in datasets:
-    entry = tuned.get(ds, {})
-    if "num_epochs" not in entry:
-      continue
-    for seed in ROUNDING_SEEDS:
-      for m in (PRIMARY_TARGET,) + PRIMARY_REFERENCES:
-        hp, was_tuned = stage2_hp(tuned, ds, m, PRIMARY_NOISE)
-        key = f"rounding/devices2/stage2/{ds}/noise{PRIMARY_NOISE:g}/{m}/seed{seed}"
-        rec = cache.lookup(key, _stage2_config(setting, ds, m, hp, PRIMARY_NOISE, seed,
-                                               entry["num_epochs"], num_devices=2))
-        if was_tuned and rec is not None and rec.get("status") == "ok":
-          out.setdefault(f"{ds}|{PRIMARY_NOISE:g}|{m}", {})[str(seed)] = rec.get(
-              PRIMARY_METRIC)
+  for ds, m, seed, _, _, rerun_key, rerun_config in _rounding_plan(setting, datasets, tuned):
+    rec = cache.lookup(rerun_key, rerun_config)
+    if rec is not None and rec.get("status") == "ok":
+      out.setdefault(f"{ds}|{PRIMARY_NOISE:g}|{m}", {})[str(seed)] = rec.get(PRIMARY_METRIC)
   return out
 
 

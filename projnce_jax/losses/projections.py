@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from projnce_jax.losses import sample as sample_lib
 from projnce_jax.losses._common import normalize, to_varying
 
 DATA_DEPENDENT = ("centroid", "median", "kernel")
@@ -131,11 +132,6 @@ def epanechnikov(sq_dist: jax.Array, bandwidth) -> jax.Array:
   return jax.lax.stop_gradient(w)
 
 
-def _mm(a, b, out_dtype):
-  """a @ b in the operands' dtype (bfloat16 on bfloat16 input), accumulated in out_dtype."""
-  return jnp.dot(a, b, preferred_element_type=out_dtype).astype(out_dtype)
-
-
 def _kernel_block_weights(m_loo, slots, row_ids, zb, slots_b, valid_b, ids_b, bandwidth,
                           mdtype=None):
   """Own-class kernel weights of one row block: [n, B] (zero off the anchor's class).
@@ -144,7 +140,7 @@ def _kernel_block_weights(m_loo, slots, row_ids, zb, slots_b, valid_b, ids_b, ba
   dtype; the squared norms stay in m_loo's dtype.
   """
   mdtype = mdtype or m_loo.dtype
-  cross = _mm(m_loo.astype(mdtype), zb.astype(mdtype).T, m_loo.dtype)  # [n, d] x [d, B]
+  cross = sample_lib.dot_nt(m_loo.astype(mdtype), zb.astype(mdtype)).astype(m_loo.dtype)
   sq = (jnp.sum(jnp.square(zb), axis=1)[None, :] - 2.0 * cross +
         jnp.sum(jnp.square(m_loo), axis=1)[:, None])  # [n, B]
   member = ((slots_b[None, :] == slots[:, None]) & valid_b[None, :] &
@@ -175,7 +171,7 @@ def _kernel_stream(m_loo, z_all, slots, slots_all, valid_all, row_ids, bandwidth
   def step(carry, xs):
     num, den = carry
     w = _kernel_block_weights(m_loo, slots, row_ids, *xs, bandwidth, mdtype)
-    wz = _mm(w.astype(mdtype), xs[0].astype(mdtype), m_loo.dtype)  # [n, B] x [B, d]
+    wz = sample_lib.dot_nn(w, xs[0].astype(mdtype)).astype(m_loo.dtype)  # [n, B] x [B, d]
     return (num + wz, den + jnp.sum(w, axis=1)), None
 
   init = to_varying((jnp.zeros_like(m_loo), jnp.zeros(m_loo.shape[:1], m_loo.dtype)),
@@ -198,7 +194,7 @@ def _kernel_stream_bwd(block, axis_name, mdtype, res, g):
 
   def step(_, xs):
     w = _kernel_block_weights(m_loo, slots, row_ids, *xs, bandwidth, mdtype)
-    return None, _mm(w.astype(mdtype).T, g_num, z_all.dtype)  # [B, n] x [n, d] -> [B, d]
+    return None, sample_lib.dot_tn(w, g_num).astype(z_all.dtype)  # [B, n] x [n, d]
 
   del axis_name  # the scan carries nothing
   _, dz = jax.lax.scan(step, None, blocks)
