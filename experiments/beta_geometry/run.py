@@ -1,18 +1,27 @@
 """Does a larger beta spread the clusters? ProjNCE beta in {0, 1, 5, 10} at label noise 0.3.
 
-Runs (each over seeds 0, 1, 2): SupCon, and ProjNCE with g+ = centroid, g- = sample and
-beta in {0, 1, 5, 10} (beta = 0 is SupCon's loss; beta = 1 is ProjNCE), on mnist5k with
-30% symmetric label noise, at the training scale of experiments/paper_comparison (the same
-cell runner and trainer). For every run the script keeps the test-set embeddings and
-measures on the L2-normalised projection-head outputs z (and, second, on the normalised
-encoder features h), with the true test labels and m_c the normalised mean of class c:
+Runs ProjNCE with g+ = centroid, g- = sample and beta in {0, 1, 5, 10} (beta = 0 is
+SupCon's loss, beta = 1 is ProjNCE) on mnist5k with 30% symmetric label noise, seeds 0-4,
+under experiments/paper_comparison's protocol 2 and with its cell runner and trainer:
+
+- the temperature, the learning rate and the training length are the ones its stage 1
+  chose on the validation split for ProjNCE-centroid on mnist5k (read from its tuned.json,
+  at the tuning noise nearest 0.3); beta is the variable studied here, not tuned;
+- cells are evaluated on the test split; each cell's record holds the code version and the
+  environment, and its cache key covers the code version;
+- contrasts are paired over seeds (seed s shares initialisation, data order and label-noise
+  draw) with 95% t-intervals, and the unpaired (Welch) interval beside them.
+
+For every cell a trainer hook keeps the test-set embeddings, and the script measures on the
+L2-normalised projection-head outputs z (and, second, on the normalised encoder features h),
+with the true test labels and m_c the normalised mean of class c:
 
   intra = mean_i (1 - cos(z_i, m_{y_i}))          spread of each class around its mean
   inter = mean_{c != c'} (1 - cos(m_c, m_c'))    distance between class means
   ratio = intra / inter                          (lower: tighter, better separated)
 
 Figure (like the paper's Figure 1): t-SNE of the seed-0 test embeddings z, coloured by
-true class, for SupCon | ProjNCE (beta = 1) | beta = 5 | beta = 10.
+true class, for beta = 0 (SupCon's loss) | beta = 1 (ProjNCE) | beta = 5 | beta = 10.
 
 Usage::
 
@@ -20,11 +29,11 @@ Usage::
   python experiments/beta_geometry/run.py --out /tmp/bg --small          # seconds
 
 Writes OUT/results.md (tables and the verdict computed here), OUT/results.json and
-OUT/tsne.png; cells live in OUT/runs/ and are reused when finished.
+OUT/tsne.png; finished cells are kept in OUT/cells/ (trainer folders in OUT/runs/) and
+reused, so an interrupted run resumes (`--max_cells`, `--time_budget_s` stop it early).
 
-Verdict rule (as in paper_comparison): beta = b differs from beta = 0 when |mean
-difference| > 2 * pooled sd over seeds; the trend is the Spearman correlation of the
-per-seed values with beta.
+Verdict: a difference is resolved when its paired 95% interval excludes 0. "Larger beta
+spreads the clusters" is read as intra on z larger at the largest beta than at beta = 0.
 """
 
 from __future__ import annotations
@@ -45,11 +54,12 @@ import numpy as np
 
 from projnce_jax import report
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
 
 def _load_paper_comparison():
   """experiments/paper_comparison/run.py as a module (its cell runner and statistics)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "paper_comparison",
-                      "run.py")
+  path = os.path.join(_HERE, "..", "paper_comparison", "run.py")
   spec = importlib.util.spec_from_file_location("paper_comparison_run", path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses look their module up by name
@@ -58,27 +68,52 @@ def _load_paper_comparison():
 
 
 pc = _load_paper_comparison()
+_sweep = pc._sweep  # pylint: disable=protected-access
 
 BETAS = (0.0, 1.0, 5.0, 10.0)
 NOISE = 0.3
+DATASET = "mnist5k"
+METHOD = "projnce_centroid"  # whose stage-1 values the cells use
+TUNED = os.path.join(_HERE, "..", "paper_comparison", "tuned.json")
 EMBEDDINGS = "embeddings.npz"
 METRICS = ("intra", "inter", "ratio")
-PANELS = (("supcon", "SupCon"), ("beta1", "ProjNCE (beta=1)"), ("beta5", "beta=5"),
-          ("beta10", "beta=10"))
-
-
-def runs_for(betas: Sequence[float]) -> Dict[str, Dict[str, Any]]:
-  """Run name -> config overrides: SupCon and ProjNCE (centroid/sample) at each beta."""
-  runs = {"supcon": {"method": "supcon"}}
-  for b in betas:
-    runs[f"beta{b:g}"] = {"method": "projnce",
-                          "loss": {"positive": "centroid", "negative": "sample", "beta": b}}
-  return runs
-
+ACCURACY = (("linear_probe_accuracy", "probe", 100.0), ("knn_accuracy", "kNN", 100.0),
+            ("heldout_mi_bound", "held-out MI bound", 1.0))
+PANELS = (("beta0", "beta=0 (SupCon's loss)"), ("beta1", "ProjNCE (beta=1)"),
+          ("beta5", "beta=5"), ("beta10", "beta=10"))
 
 FULL = dataclasses.replace(pc.FULL, noises=(NOISE,))
 SMALL = dataclasses.replace(pc.SMALL, noises=(NOISE,), seeds=(0,))
-SMALL_BETAS = (5.0,)
+SMALL_BETAS = (0.0, 5.0)
+# --small has no stage 1: the defaults of the configs.
+SMALL_VALUES = {"hyperparameters": {"temperature": 0.1, "lr_factor": 1.0},
+                "num_epochs": None, "tuned_at_noise": None, "source": "defaults (--small)"}
+
+
+def run_name(beta: float) -> str:
+  return f"beta{beta:g}"
+
+
+def protocol_values(tuned_path: str = TUNED) -> Dict[str, Any]:
+  """ProjNCE-centroid's stage-1 values on mnist5k at the tuning noise nearest NOISE.
+
+  Raises:
+    ValueError: tuned.json lacks them (paper_comparison's stage 1 has not chosen them).
+  """
+  try:
+    with open(tuned_path) as f:
+      entry = json.load(f)[DATASET]
+  except (OSError, ValueError, KeyError) as e:
+    raise ValueError(f"{tuned_path}: no stage-1 values for {DATASET} ({e}); run "
+                     "experiments/paper_comparison/run.py first") from None
+  by_noise = {n: m for n, m in entry.get("by_noise", {}).items() if METHOD in m}
+  if not by_noise or entry.get("num_epochs") is None:
+    raise ValueError(f"{tuned_path}: stage 1 has not chosen {METHOD}'s values and the "
+                     f"length on {DATASET} yet")
+  near = min(by_noise, key=lambda n: abs(float(n) - NOISE))
+  hp = {k: v for k, v in by_noise[near][METHOD].items() if k != "beta"}
+  return {"hyperparameters": hp, "num_epochs": int(entry["num_epochs"]),
+          "tuned_at_noise": float(near), "source": os.path.relpath(tuned_path, _HERE)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -145,87 +180,132 @@ def geometry(workdir: str) -> Dict[str, Dict[str, float]]:
 
 
 # ----------------------------------------------------------------------------------------
-# Statistics, verdict and outputs.
+# Statistics and verdict.
+
+MEASURES = (("linear_probe_accuracy", "knn_accuracy", "heldout_mi_bound")
+            + tuple(f"{sp}/{m}" for sp in ("z", "features") for m in METRICS))
+
+
+def value(cell: Dict[str, Any], measure: str) -> Optional[float]:
+  """A cell's value of `measure` (an accuracy key, or "z/intra" and the like)."""
+  if cell.get("status") != "ok":
+    return None
+  if "/" in measure:
+    space, m = measure.split("/")
+    return (cell.get("geometry") or {}).get(space, {}).get(m)
+  return cell.get(measure)
+
+
+def by_seed(cells: List[Dict[str, Any]], run: str, measure: str) -> Dict[int, float]:
+  return {c["seed"]: value(c, measure) for c in cells
+          if c["run"] == run and value(c, measure) is not None}
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> Dict[str, Optional[float]]:
   from scipy import stats  # pylint: disable=g-import-not-at-top
-  if len(set(x)) < 2 or len(y) < 3:
-    return {"rho": None, "p": None}
+  if len(set(x)) < 2 or len(set(y)) < 2 or len(y) < 3:
+    return {"rho": None, "p": None}  # undefined for a constant input
   r = stats.spearmanr(x, y)
   return {"rho": float(r.statistic), "p": float(r.pvalue)}
 
 
 def summarize(cells: List[Dict[str, Any]], runs: Sequence[str]) -> Dict[str, Dict[str, Any]]:
-  """Per run: mean/sd over seeds of accuracy, held-out MI bound and the spread measures."""
+  """Per run: the seeds, the diverged seeds and mean/sd over seeds of every measure."""
   out = {}
   for name in runs:
-    cs = [c for c in cells if c["run"] == name and c["status"] == "ok"]
-    s = {"seeds": [c["seed"] for c in cs],
-         "diverged": [c["seed"] for c in cells if c["run"] == name and c["status"] != "ok"]}
-    for key in ("linear_probe_accuracy", "knn_accuracy", "heldout_mi_bound", "adjustment"):
-      s[key] = pc.mean_std([c.get(key) for c in cs])
-    for space in ("z", "features"):
-      for m in METRICS:
-        vals = [c["geometry"][space][m] for c in cs]
-        s[f"{space}/{m}"] = dict(pc.mean_std(vals), values=vals)
+    mine = [c for c in cells if c["run"] == name]
+    s = {"seeds": [c["seed"] for c in mine if c["status"] == "ok"],
+         "diverged": [c["seed"] for c in mine if c["status"] != "ok"]}
+    for key in MEASURES + ("adjustment",):
+      s[key] = pc.mean_std([value(c, key) for c in mine])
     out[name] = s
   return out
 
 
-def verdict(cells: List[Dict[str, Any]], summary: Dict[str, Dict[str, Any]],
-            betas: Sequence[float]) -> Dict[str, Any]:
-  """Each beta against beta = 0 and the Spearman trend in beta, per measure."""
-  ok = [c for c in cells if c["status"] == "ok" and c["beta"] is not None]
-  out: Dict[str, Any] = {"rule": f"|mean difference| > {pc.SPREAD:g} * pooled sd over seeds",
-                         "measures": {}}
-  base = summary.get("beta0")
-  for space in ("z", "features"):
-    for m in METRICS:
-      key = f"{space}/{m}"
-      trend = spearman([c["beta"] for c in ok], [c["geometry"][space][m] for c in ok])
-      vs0 = {}
-      if base is not None:
-        for b in betas:
-          if b != 0 and f"beta{b:g}" in summary:
-            vs0[f"{b:g}"] = pc.compare(summary[f"beta{b:g}"][key]["values"], base[key]["values"])
-      out["measures"][key] = {"spearman": trend, "vs_beta0": vs0}
-  for acc in ("linear_probe_accuracy", "knn_accuracy"):
-    vals = {c["run"]: [] for c in ok}
-    for c in ok:
-      vals[c["run"]].append(c[acc])
-    out[acc] = {f"{b:g}": pc.compare(vals.get(f"beta{b:g}", []), vals.get("beta0", []))
-                for b in betas if b != 0}
-  sup, b0 = summary.get("supcon"), summary.get("beta0")
-  if sup and b0:
-    out["supcon_minus_beta0"] = {k: pc.compare(
-        [c[k] for c in cells if c["run"] == "supcon" and c["status"] == "ok"],
-        [c[k] for c in cells if c["run"] == "beta0" and c["status"] == "ok"])
-                                 for k in ("linear_probe_accuracy", "knn_accuracy")}
-    out["supcon_minus_beta0"]["identical"] = _same_cells(cells, "supcon", "beta0")
-  out["spread_claim"] = _claim(out["measures"], betas)
+def reading(diff: Dict[str, Any]) -> Optional[str]:
+  """"above 0" / "below 0" / "not resolved" from a paired interval (None: < 2 seeds)."""
+  if diff.get("ci_low") is None:
+    return None
+  if diff["ci_low"] > 0:
+    return "above 0"
+  if diff["ci_high"] < 0:
+    return "below 0"
+  return "not resolved"
+
+
+def verdict(cells: List[Dict[str, Any]], betas: Sequence[float]) -> Dict[str, Any]:
+  """Each beta against beta = 0 per measure (paired and unpaired), and the beta trend."""
+  base = run_name(0.0)
+  out: Dict[str, Any] = {
+      "rule": "paired 95% t-interval over seeds of (beta = b) - (beta = 0); resolved when "
+              "it excludes 0", "measures": {}}
+  for measure in MEASURES:
+    ok = [c for c in cells if value(c, measure) is not None]
+    entry = {"spearman": spearman([c["beta"] for c in ok], [value(c, measure) for c in ok]),
+             "vs_beta0": {}}
+    b0 = by_seed(cells, base, measure)
+    for b in betas:
+      if b == 0 or not b0:
+        continue
+      bb = by_seed(cells, run_name(b), measure)
+      paired = _sweep.paired_difference(bb, b0)
+      paired["reading"] = reading(paired)
+      paired["unpaired"] = _sweep.unpaired_difference(bb, b0)
+      entry["vs_beta0"][f"{b:g}"] = paired
+    out["measures"][measure] = entry
+  top = f"{max(betas):g}"
+  out["spread_claim"] = {m: dict(out["measures"][f"z/{m}"]["vs_beta0"].get(top, {}),
+                                 beta=top) for m in METRICS}
   return out
 
 
-def _same_cells(cells: List[Dict[str, Any]], a: str, b: str) -> bool:
-  """Whether runs a and b have equal accuracy and geometry in every seed."""
-  def key(c):
-    return (c["linear_probe_accuracy"], c["knn_accuracy"], json.dumps(c.get("geometry")))
-  ca = {c["seed"]: key(c) for c in cells if c["run"] == a}
-  cb = {c["seed"]: key(c) for c in cells if c["run"] == b}
-  return bool(ca) and ca == cb
+def claim_sentences(v: Dict[str, Any], betas: Sequence[float]) -> List[str]:
+  """Plain-language verdict on 'larger beta spreads the clusters', from the numbers."""
+  words = {"intra": "the spread of each class around its mean (intra)",
+           "inter": "the distance between class means (inter)",
+           "ratio": "intra / inter"}
+  claim = v["spread_claim"]
+  intra = claim["intra"]
+  if intra.get("reading") is None:
+    head = "Not enough paired seeds for a verdict."
+  elif intra["reading"] == "above 0":
+    head = (f"**Holds** in the intra-class sense: beta = {intra['beta']} spreads the "
+            "classes of z more than beta = 0 (paired interval above 0)")
+    ratio = claim["ratio"]
+    if ratio.get("reading") == "above 0":
+      head += (", but into each other, not apart: intra / inter rises too, so the classes "
+               "overlap more.")
+    else:
+      head += "; intra / inter does not rise resolvably."
+  elif intra["reading"] == "below 0":
+    head = (f"**Does not hold** here: beta = {intra['beta']} makes the classes of z "
+            "tighter than beta = 0 (paired interval below 0).")
+  else:
+    head = (f"**Not resolved**: the paired interval of intra (z) at beta = {intra['beta']} "
+            "minus beta = 0 contains 0.")
+  out = [head, ""]
+  for m, c in claim.items():
+    if c.get("mean") is None:
+      continue
+    out.append(f"- {words[m]} at beta = {c['beta']} minus beta = 0: {c['mean']:+.4f}, "
+               f"paired interval {_interval(c)} ({c['reading'] or 'one seed'}).")
+  for b in betas:
+    if b == 0:
+      continue
+    parts = []
+    for key, label, scale in ACCURACY[:2]:
+      c = v["measures"][key]["vs_beta0"].get(f"{b:g}", {})
+      if c.get("mean") is None:
+        continue
+      parts.append(f"{label} {scale * c['mean']:+.2f} points, paired interval "
+                   f"{_interval(c, scale, 2)} ({c['reading'] or 'one seed'})")
+    if parts:
+      out.append(f"- Accuracy at beta = {b:g} minus beta = 0: " + "; ".join(parts) + ".")
+  return out
 
 
-def _claim(measures: Dict[str, Any], betas: Sequence[float]) -> Dict[str, Any]:
-  """Does the largest beta raise intra (z) beyond the seed spread, with a positive trend?"""
-  top = f"{max(betas):g}"
-  res = {}
-  for m in METRICS:
-    c = measures[f"z/{m}"]["vs_beta0"].get(top, {})
-    rho = measures[f"z/{m}"]["spearman"]["rho"]
-    res[m] = {"beta": top, "diff": c.get("diff"), "beyond_spread": c.get("beyond_spread"),
-              "rho": rho}
-  return res
+# ----------------------------------------------------------------------------------------
+# Outputs.
 
 
 def _ms(stat: Dict[str, Any], scale: float = 1.0, digits: int = 3) -> str:
@@ -235,58 +315,10 @@ def _ms(stat: Dict[str, Any], scale: float = 1.0, digits: int = 3) -> str:
   return f"{scale * stat['mean']:.{digits}f}{sd}"
 
 
-def _fmt(x: Optional[float], digits: int = 3) -> str:
-  return "-" if x is None else f"{x:+.{digits}f}"
-
-
-def accuracy_sentence(v: Dict[str, Any], beta: str) -> Optional[str]:
-  """How the probe and kNN accuracy at `beta` compare with beta = 0 (None: no data)."""
-  parts = []
-  for key, label in (("linear_probe_accuracy", "linear probe"), ("knn_accuracy", "kNN")):
-    c = v[key].get(beta, {})
-    if c.get("diff") is None:
-      return None
-    sig = "beyond" if c["beyond_spread"] else "within"
-    parts.append(f"{label} {100 * c['diff']:+.2f} points ({sig} the seed spread)")
-  return f"Accuracy at beta = {beta} against beta = 0: " + ", ".join(parts) + "."
-
-
-def claim_sentence(claim: Dict[str, Any], v: Optional[Dict[str, Any]] = None) -> List[str]:
-  """Plain-language verdict on 'larger beta spreads the clusters', from the numbers."""
-  out = []
-  words = {"intra": "the spread of each class around its mean (intra)",
-           "inter": "the distance between class means (inter)",
-           "ratio": "intra / inter"}
-  for m, c in claim.items():
-    if c["diff"] is None:
-      out.append(f"- {words[m]}: not enough seeds to judge.")
-      continue
-    direction = "larger" if c["diff"] > 0 else "smaller"
-    sig = "beyond" if c["beyond_spread"] else "within"
-    rho = "-" if c["rho"] is None else f"{c['rho']:+.2f}"
-    out.append(f"- {words[m]} is {direction} at beta = {c['beta']} than at beta = 0 by "
-               f"{abs(c['diff']):.4f}, {sig} the seed spread (Spearman rho over beta "
-               f"{rho}).")
-  intra = claim["intra"]
-  if intra["diff"] is None:
-    head = "Not enough seeds for a verdict."
-  elif intra["diff"] > 0 and intra["beyond_spread"]:
-    head = ("**Holds** in the intra-class sense: the largest beta spreads the classes of z "
-            "beyond the seed spread")
-    ratio = claim["ratio"]
-    if ratio["diff"] is not None and ratio["diff"] > 0 and ratio["beyond_spread"]:
-      head += (", but into each other, not apart: intra / inter rises beyond the seed "
-               "spread too, so the classes overlap more.")
-    else:
-      head += "; intra / inter does not rise beyond the seed spread."
-  elif intra["diff"] > 0:
-    head = ("**Not shown**: intra-class spread rises with the largest beta, but within the "
-            "seed spread.")
-  else:
-    head = ("**Does not hold** here: the largest beta does not spread the classes of z "
-            "(intra-class spread is not larger than at beta = 0).")
-  acc = accuracy_sentence(v, intra["beta"]) if v is not None else None
-  return [head, ""] + out + ([f"- {acc}"] if acc else [])
+def _interval(c: Dict[str, Any], scale: float = 1.0, digits: int = 4) -> str:
+  if c.get("ci_low") is None:
+    return "-"
+  return f"[{scale * c['ci_low']:+.{digits}f}, {scale * c['ci_high']:+.{digits}f}]"
 
 
 def plot_tsne(cell_dirs: Dict[str, str], spreads: Dict[str, Dict[str, float]],
@@ -312,80 +344,79 @@ def plot_tsne(cell_dirs: Dict[str, str], spreads: Dict[str, Dict[str, float]],
 
 
 def write_markdown(path: str, result: Dict[str, Any], runs: Sequence[str]) -> None:
-  """results.md: command, machine, set-up, tables and the verdict."""
-  mach, s, v = result["machine"], result["setting"], result["verdict"]
+  """results.md: command, machine, code, set-up, tables and the verdict."""
+  mach, s, v, pv = result["machine"], result["setting"], result["verdict"], result["values"]
+  code = result["code"]
+  hp = ", ".join(f"{k} {x:g}" for k, x in sorted(pv["hyperparameters"].items()))
+  length = (f"{s['num_steps']} steps" if s["num_steps"] else
+            f"{pv['num_epochs'] or s['num_epochs']} epochs")
+  tuned = ("from paper_comparison's stage 1 (validation split) for ProjNCE-centroid on "
+           f"mnist5k at noise {pv['tuned_at_noise']:g}, the tuning noise nearest "
+           f"{NOISE:g} ({pv['source']})" if pv["tuned_at_noise"] is not None
+           else pv["source"])
   lines = [
       "# Does a larger beta spread the clusters? (label noise 0.3)", "",
       f"Command: `{result['command']}`  ",
       f"Machine: {mach['machine']}, {mach['cpu_count']} CPU cores (load average at the start "
-      "of this invocation "
-      f"{mach['load_average'][0]:.1f}), jax {mach['jax']}  ",
+      f"of this invocation {mach['load_average'][0]:.1f}), jax {mach['jax']}  ",
+      f"Code: commit {code.get('commit') or '-'}"
+      + (" (with uncommitted changes)" if code.get("dirty") else "")
+      + f", source hash {code.get('sha256', '-')[:12]}  ",
       f"Date: {result['date']}; wall time of this invocation {result['wall_seconds']:.0f} s "
-      f"({result['cells_run_now']} of {result['cells_total']} cells run by it, t-SNE "
-      f"{result['tsne_seconds']:.0f} s); cell wall times (when each cell ran): sum "
-      f"{result['sum_cell_seconds']:.0f} s.",
-      "",
-      f"Set-up: mnist5k, symmetric label noise {NOISE:g} on the training labels, small_cnn "
-      f"widths {tuple(s['widths'])} (extra_convs {s['extra_convs']}), batch "
-      f"{s['batch_size']} x 2 views, "
-      + (f"{s['num_steps']} steps" if s["num_steps"] else f"{s['num_epochs']} epochs")
-      + f", seeds {tuple(s['seeds'])}; ProjNCE with g+ = centroid, g- = sample, "
-      "temperature 0.1. Spread measures on the test set (true labels), on the normalised "
+      f"({result['cells_run_now']} cells trained by it; {result['cells_done']} of "
+      f"{result['cells_planned']} cells finished); sum of the finished cells' wall times "
+      f"{result['sum_cell_seconds']:.0f} s.", "",
+      f"Set-up (protocol 2 of paper_comparison): mnist5k, symmetric label noise {NOISE:g} "
+      f"on the training labels, small_cnn widths {tuple(s['widths'])} (extra_convs "
+      f"{s['extra_convs']}), batch {s['batch_size']} x 2 views, {length}, seeds "
+      f"{tuple(s['seeds'])}, evaluated on the test split; ProjNCE with g+ = centroid, "
+      f"g- = sample, {hp}: values (and the length) {tuned}. Beta is the variable studied "
+      "and is not tuned. Spread measures on the test set (true labels), on the normalised "
       "projection-head outputs z and on the normalised encoder features h: intra = mean "
       "cosine distance of a point to its class-mean direction, inter = mean cosine distance "
       "between class-mean directions, ratio = intra / inter.", "",
-      "Values: mean +- sd over seeds; accuracy in %.", "",
-      "| run | probe | kNN | held-out MI bound (nats) | mean R (train batch) | intra (z) | inter (z) | ratio (z) | "
-      "intra (h) | inter (h) | ratio (h) |",
-      "|---|---|---|---|---|---|---|---|---|---|---|"]
+      "Values: mean +- sd over seeds; accuracy in %; the held-out MI bound is "
+      "log(N - 1) - InfoNCE term - R on test batches (nats); mean R is the last training "
+      "batch's adjustment.", "",
+      "| run | seeds | probe | kNN | held-out MI bound (nats) | mean R (train batch) | "
+      "intra (z) | inter (z) | ratio (z) | intra (h) | inter (h) | ratio (h) |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for name in runs:
     r = result["summary"][name]
     bad = f" ({len(r['diverged'])} diverged)" if r["diverged"] else ""
     lines.append(
-        f"| {name}{bad} | {_ms(r['linear_probe_accuracy'], 100, 2)} | "
+        f"| {name}{bad} | {len(r['seeds'])} | {_ms(r['linear_probe_accuracy'], 100, 2)} | "
         f"{_ms(r['knn_accuracy'], 100, 2)} | {_ms(r['heldout_mi_bound'])} | "
         f"{_ms(r['adjustment'])} | "
         + " | ".join(_ms(r[f"{sp}/{m}"], 1, 4) for sp in ("z", "features") for m in METRICS)
         + " |")
-  lines += ["", "![t-SNE](tsne.png)", "",
-            f"t-SNE of the seed-0 test embeddings z ({result['tsne_points']:,} points, "
-            "coloured by true class); titles give that run's intra / inter.", "", "## Verdict", "",
-            f"Rule: {v['rule']}; trend = Spearman correlation of the per-seed value with beta "
-            "(all seeds and betas).", ""]
-  lines += claim_sentence(v["spread_claim"], v) + [""]
-  lines += ["| measure | Spearman rho (p) | " + " | ".join(
-      f"beta={b} - beta=0 (2 x pooled sd)" for b in result["betas_vs0"]) + " |",
-      "|---|---|" + "---|" * len(result["betas_vs0"])]
+  if result.get("tsne_points"):
+    lines += ["", "![t-SNE](tsne.png)", "",
+              f"t-SNE of the seed-0 test embeddings z ({result['tsne_points']:,} points, "
+              "coloured by true class); titles give that run's intra / inter."]
+  lines += ["", "## Verdict", "", f"Rule: {v['rule']}; trend = Spearman correlation of the "
+            "per-seed value with beta (all seeds and betas).", ""]
+  lines += claim_sentences(v, result["betas"]) + [""]
+  others = [b for b in result["betas_vs0"]]
+  lines += ["Each cell: mean difference (beta = b) - (beta = 0), paired 95% interval; "
+            "unpaired (Welch) interval below it. Accuracy in points.", "",
+            "| measure | Spearman rho (p) | " + " | ".join(
+                f"beta={b} - beta=0" for b in others) + " |",
+            "|---|---|" + "---|" * len(others)]
   for key, mv in v["measures"].items():
     sp = mv["spearman"]
     rho = "-" if sp["rho"] is None else f"{sp['rho']:+.2f} ({sp['p']:.3f})"
+    scale, digits = (100.0, 2) if key.endswith("accuracy") else (1.0, 4)
     cols = []
-    for b in result["betas_vs0"]:
+    for b in others:
       c = mv["vs_beta0"].get(b, {})
-      if c.get("diff") is None:
+      if c.get("mean") is None:
         cols.append("-")
         continue
-      mark = " **beyond**" if c["beyond_spread"] else ""
-      cols.append(f"{_fmt(c['diff'], 4)} ({c['threshold']:.4f}){mark}")
+      mark = " **" + c["reading"] + "**" if c["reading"] in ("above 0", "below 0") else ""
+      cols.append(f"{scale * c['mean']:+.{digits}f} {_interval(c, scale, digits)}{mark}"
+                  f"<br>({_interval(c['unpaired'], scale, digits)})")
     lines.append(f"| {key} | {rho} | " + " | ".join(cols) + " |")
-  for acc, label in (("linear_probe_accuracy", "probe"), ("knn_accuracy", "kNN")):
-    cols = []
-    for b in result["betas_vs0"]:
-      c = v[acc].get(b, {})
-      if c.get("diff") is None:
-        cols.append("-")
-        continue
-      mark = " **beyond**" if c["beyond_spread"] else ""
-      cols.append(f"{100 * c['diff']:+.2f} pts ({100 * c['threshold']:.2f}){mark}")
-    lines.append(f"| {label} accuracy | - | " + " | ".join(cols) + " |")
-  if "supcon_minus_beta0" in v:
-    d = v["supcon_minus_beta0"]
-    txt = ", ".join(
-        f"{k.split('_accuracy')[0]} {_fmt(None if c['diff'] is None else 100 * c['diff'], 2)}"
-        " pts" for k, c in d.items() if k != "identical")
-    same = "yes" if d["identical"] else "no"
-    lines += ["", f"SupCon minus ProjNCE beta = 0 (the same loss): {txt}; identical accuracy "
-              f"and spread measures in every seed: {same}."]
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
 
@@ -394,62 +425,93 @@ def write_markdown(path: str, result: Dict[str, Any], runs: Sequence[str]) -> No
 # The sweep.
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", required=True, help="output folder (cells go to OUT/runs/)")
+  p.add_argument("--out", required=True, help="output folder (cells go to OUT/cells/)")
   p.add_argument("--small", action="store_true", help="2 cells at a tiny scale (a test)")
-  args = p.parse_args(argv)
+  p.add_argument("--tuned", default=TUNED,
+                 help="paper_comparison's tuned.json (the stage-1 values used)")
+  p.add_argument("--max_cells", type=int, default=None, help="train at most N new cells")
+  p.add_argument("--time_budget_s", type=float, default=None,
+                 help="start no new cell after this many seconds")
+  return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+  args = parse_args(argv)
   setting, betas = (SMALL, SMALL_BETAS) if args.small else (FULL, BETAS)
-  runs = runs_for(betas)
+  values = SMALL_VALUES if args.small else protocol_values(args.tuned)
+  runs = [run_name(b) for b in betas]
   os.makedirs(args.out, exist_ok=True)
   pc.enable_compilation_cache(os.path.join(args.out, "runs", ".jax_cache"))
   machine = pc.machine_info()
+  import projnce_jax  # pylint: disable=g-import-not-at-top
+  code = _sweep.code_version(os.path.dirname(os.path.dirname(
+      os.path.abspath(projnce_jax.__file__))))
+  cache = _sweep.CellCache(args.out, _sweep.Budget(args.max_cells, args.time_budget_s),
+                           code=code, env=_sweep.environment())
+  base_lr = pc.dataset_base_lr(setting, DATASET)
   t0 = time.perf_counter()
-  cells, ran, dirs = [], 0, {}
-  grid = [(name, seed) for seed in setting.seeds for name in runs]
-  for i, (name, seed) in enumerate(grid):
-    workdir = os.path.join(args.out, "runs", name, f"seed{seed}")
-    config = pc.build_config(setting, "mnist5k", runs[name], NOISE, seed)
-    hook = embedding_hook(config, workdir)
-    res, now = pc.run_cell(config, workdir, hooks=[hook], done=has_embeddings)
-    ran += now
-    status = res.get("status", "ok")
-    beta = runs[name].get("loss", {}).get("beta")
-    cell = dict(run=name, seed=seed, beta=beta, status=status,
-                wall_seconds=res.get("wall_seconds"),
-                **{k: res.get(k) for k in ("linear_probe_accuracy", "knn_accuracy",
-                                           "heldout_mi_bound", "adjustment", "final_loss")})
-    if status == "ok":
-      cell["geometry"] = geometry(workdir)
-      if seed == setting.seeds[0]:
-        dirs[name] = workdir
+  cells, dirs = [], {}
+  grid = [(b, seed) for seed in setting.seeds for b in betas]  # seed by seed: paired
+  for i, (b, seed) in enumerate(grid):
+    name = run_name(b)
+    key = f"noise{NOISE:g}/{name}/seed{seed}"
+    config = pc.build_config(
+        setting, DATASET,
+        pc.hp_overrides(METHOD, dict(values["hyperparameters"], beta=b), base_lr), NOISE,
+        seed, num_epochs=values["num_epochs"])
+    workdir = cache.workdir(key, cache.hash(config))
+
+    def extract(res, workdir=workdir):
+      rec = dict(pc.cell_record(res), adjustment=res.get("adjustment"))
+      if res.get("status", "ok") == "ok":
+        rec["geometry"] = geometry(workdir)
+      return rec
+
+    rec = cache.get_or_run(key, config, extract, hooks=[embedding_hook(config, workdir)],
+                           done=has_embeddings)
+    if rec is None:
+      print(f"[{i + 1}/{len(grid)}] {name} seed={seed}: not run (budget)", flush=True)
+      continue
+    cell = dict(rec, run=name, seed=seed, beta=b)
+    if cell["status"] == "ok" and seed == setting.seeds[0] and has_embeddings(workdir):
+      dirs[name] = workdir
     cells.append(cell)
-    print(f"[{i + 1}/{len(grid)}] {name} seed={seed}: {'ran' if now else 'reused'} {status} "
+    print(f"[{i + 1}/{len(grid)}] {name} seed={seed}: "
+          f"{'reused' if rec['reused'] else 'ran'} {cell['status']} "
           f"probe={cell['linear_probe_accuracy']} knn={cell['knn_accuracy']} "
           f"z={cell.get('geometry', {}).get('z')} ({cell['wall_seconds'] or 0:.1f} s)",
           flush=True)
-  summary = summarize(cells, list(runs))
   result = {
       "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1]] + sys.argv),
-      "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine,
-      "setting": dataclasses.asdict(setting), "noise": NOISE, "runs": runs,
-      "betas_vs0": [f"{b:g}" for b in betas if b != 0],
-      "cells_total": len(cells), "cells_run_now": ran,
-      "tsne_points": 200 if args.small else 1000, "cells": cells, "summary": summary,
-      "verdict": verdict(cells, summary, betas),
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "machine": machine, "code": code, "environment": _sweep.environment(),
+      "setting": dataclasses.asdict(setting), "noise": NOISE, "values": values,
+      "betas": list(betas), "betas_vs0": [f"{b:g}" for b in betas if b != 0],
+      "cells_planned": len(grid), "cells_done": len(cells),
+      "cells_run_now": cache.budget.cells_run, "cells": cells,
+      "summary": summarize(cells, runs), "verdict": verdict(cells, betas),
+      "sum_cell_seconds": float(sum(c.get("wall_seconds") or 0.0 for c in cells)),
   }
-  spreads = {n: next(c["geometry"]["z"] for c in cells if c["run"] == n and c["status"] == "ok"
-                     and c["seed"] == setting.seeds[0]) for n in dirs}
+  # The figure needs every panel's seed-0 embeddings (trainer folders are not tracked: a
+  # checkout without them keeps the committed figure).
   t_tsne = time.perf_counter()
-  plot_tsne(dirs, spreads, os.path.join(args.out, "tsne.png"),
-            points=result["tsne_points"])
+  panels = [n for n, _ in PANELS if n in runs]
+  if panels and all(n in dirs for n in panels):
+    spreads = {n: next(c["geometry"]["z"] for c in cells
+                       if c["run"] == n and c["seed"] == setting.seeds[0]) for n in panels}
+    result["tsne_points"] = 200 if args.small else 1000
+    plot_tsne(dirs, spreads, os.path.join(args.out, "tsne.png"), points=result["tsne_points"])
+  elif os.path.exists(os.path.join(args.out, "tsne.png")) and len(cells) == len(grid):
+    result["tsne_points"] = 1000  # drawn by an earlier invocation from these cells
   result["tsne_seconds"] = time.perf_counter() - t_tsne
-  result["sum_cell_seconds"] = float(sum(c["wall_seconds"] or 0.0 for c in cells))
   result["wall_seconds"] = time.perf_counter() - t0
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(result, f, indent=1)
-  write_markdown(os.path.join(args.out, "results.md"), result, list(runs))
-  print(f"wrote {args.out}/results.md ({result['wall_seconds']:.0f} s)")
+  write_markdown(os.path.join(args.out, "results.md"), result, runs)
+  print(f"wrote {args.out}/results.md: {len(cells)}/{len(grid)} cells "
+        f"({result['wall_seconds']:.0f} s)")
   return result
 
 
