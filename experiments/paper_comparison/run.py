@@ -590,10 +590,12 @@ def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
   if noise in tune_noises and all(m in chosen for m in length_methods):
     try:
       while True:
-        for epochs in epoch_grid:
-          if epochs not in lengths:
-            lengths[epochs] = float(np.mean([_score(cell(m, chosen[m], noise, epochs))
-                                             for m in length_methods]))
+        # Every cell of this step is asked for before a missing one stops it: a second
+        # sweep process (another core) trains the cells the first one holds claims beside.
+        recs = {e: [cell(m, chosen[m], noise, e) for m in length_methods]
+                for e in epoch_grid if e not in lengths}
+        for epochs, rs in recs.items():
+          lengths[epochs] = float(np.mean([_score(r) for r in rs]))
         scores = [lengths[e] for e in epoch_grid]
         rising = len(epoch_grid) > 1 and int(np.argmax(scores)) == len(epoch_grid) - 1
         if not rising or epoch_grid[-1] + setting.epoch_step > setting.max_epochs:

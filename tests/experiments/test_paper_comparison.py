@@ -279,6 +279,32 @@ def test_full_fashion_inherits_hyperparameters_and_tunes_length(monkeypatch):
                              inherited={})["complete"]
 
 
+def test_a_length_cell_held_elsewhere_leaves_the_steps_other_cells_to_this_process(
+    monkeypatch):
+  # Two sweep processes share the length step: the first trains supcon's 10-epoch cell
+  # (held: None here); the second trains every other cell of that step meanwhile.
+  monkeypatch.setattr(pc, "build_config", _fake_config)
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  held = "stage1/fashion_mnist_full/noise0.4/supcon_t0.1/seed100"
+
+  class Held(_FakeCache):
+
+    def get_or_run(self, key, config, extract):
+      rec = super().get_or_run(key, config, extract)
+      return None if key == held else rec
+
+  src = {"by_noise": {"0.4": {m: {"temperature": 0.1} for m in
+                              pc.FULL.methods_by_dataset["fashion_mnist_full"]}}}
+  cache = Held(lambda c: 0.5)
+  entry = pc.tune_dataset(cache, pc.FULL, "fashion_mnist_full", [], inherited=src)
+  assert not entry["complete"] and "num_epochs" not in entry
+  step = {f"stage1/fashion_mnist_full/noise0.4/"
+          f"{pc.hp_name(m, dict(temperature=0.1, **({'num_epochs': e} if e > 10 else {})))}"
+          f"/seed100" for m in pc.FULL.length_methods for e in (10, 20, 30)}
+  assert held in step and len(step) == 9
+  assert step <= set(cache.keys)  # all 9 asked for (8 trained here), not only those before
+
+
 def test_larger_datasets_are_tuned_at_the_primary_noise_only(monkeypatch):
   monkeypatch.setattr(pc, "build_config", _fake_config)
   monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
