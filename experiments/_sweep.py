@@ -20,6 +20,10 @@ with `taskset`): a process claims a cell before training it (OUT/runs/<key>-<has
 created atomically) and the others pass over a cell that a live process holds. A claim left by
 a process that died is taken over, and its cell resumes from the last checkpoint.
 
+Parts of one sweep can be pinned to different code versions (`pins`: key prefix -> code
+hash), each run from its own checkout: a pinned cell is read only if that code made it, and
+trained only by a process that runs it.
+
 Statistics: `mean_std` (mean and sample sd over seeds) and `paired_difference` (mean of the
 per-seed differences with a two-sided t confidence interval).
 """
@@ -243,22 +247,43 @@ class CellCache:
     env: `environment()`, stored with each new cell.
   """
 
-  def hash(self, config) -> str:
-    return config_hash(config, None if self.code is None else self.code["sha256"])
+  def hash(self, config, key: Optional[str] = None) -> str:
+    """The config hash a cell must have: its config and the code version it is made by
+    (the version pinned for `key`, else this process's)."""
+    code = self.pinned_code(key) if key is not None else None
+    if code is None and self.code is not None:
+      code = self.code["sha256"]
+    return config_hash(config, code)
 
   def __init__(self, out: str, budget: Optional[Budget] = None,
                log: Callable[[str], None] = lambda s: print(s, flush=True),
                code: Optional[Mapping[str, Any]] = None,
-               env: Optional[Mapping[str, Any]] = None):
+               env: Optional[Mapping[str, Any]] = None,
+               pins: Optional[Mapping[str, str]] = None):
     self.out = out
     self.budget = budget or Budget()
     # With `code` (a `code_version()`), the config hash covers the code's hash: a cell made
     # by other code is trained again. Both are stored in every new cell's record.
     self.code = dict(code) if code is not None else None
     self.env = dict(env) if env is not None else None
+    # Key prefix -> the code hash its cells are made by (one sweep whose parts run different
+    # code versions, each from its own checkout): such a cell is read only if made by that
+    # code, and trained only by a process running it.
+    self.pins = dict(pins or {})
     self.log = log
     self.reused = 0
     self.stale = 0
+    self.passed_over = 0
+
+  def pinned_code(self, key: str) -> Optional[str]:
+    """The code hash pinned for `key` (longest matching prefix), or None."""
+    match = [p for p in self.pins if key.startswith(p)]
+    return self.pins[max(match, key=len)] if match else None
+
+  def runs_pinned_code(self, key: str) -> bool:
+    """Whether this process may train `key`: no pin, or the pin is this process's code."""
+    pin = self.pinned_code(key)
+    return pin is None or (self.code is not None and self.code["sha256"] == pin)
 
   def cell_path(self, key: str) -> str:
     return os.path.join(self.out, "cells", key + ".json")
@@ -299,7 +324,7 @@ class CellCache:
       return None
     with open(path) as f:
       stored = json.load(f)
-    if stored.get("config_hash") != self.hash(config):
+    if stored.get("config_hash") != self.hash(config, key):
       return None
     return stored["record"]
 
@@ -321,11 +346,14 @@ class CellCache:
       The record, with "status", "wall_seconds", "config_hash" and "reused" added; None
       when the cell is not finished and the budget forbids training it now.
     """
-    chash = self.hash(config)
+    chash = self.hash(config, key)
     record = self.lookup(key, config)
     if record is not None:
       self.reused += 1
       return dict(record, reused=True)
+    if not self.runs_pinned_code(key):
+      self.passed_over += 1  # another checkout's code makes this cell
+      return None
     if os.path.exists(self.cell_path(key)):
       self.stale += 1  # made with another config: train again
     if not self.budget.allows():

@@ -461,7 +461,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         setting, DATASET,
         pc.hp_overrides(METHOD, dict(values["hyperparameters"], beta=b), base_lr), NOISE,
         seed, num_epochs=values["num_epochs"])
-    workdir = cache.workdir(key, cache.hash(config))
+    workdir = cache.workdir(key, cache.hash(config, key))
 
     def extract(res, workdir=workdir):
       rec = dict(pc.cell_record(res), adjustment=res.get("adjustment"))

@@ -310,6 +310,37 @@ def dataset_skip_reason(dataset: str, stage: int) -> Optional[str]:
   return None
 
 
+PINS_FILE = "code_pins.json"
+
+
+def dataset_prefixes(dataset: str) -> Tuple[str, ...]:
+  """The cell-key prefixes of one dataset's cells (stage 1, stage 2, rounding reruns)."""
+  return (f"stage1/{dataset}/", f"stage2/{dataset}/", f"rounding/devices2/stage2/{dataset}/")
+
+
+def load_pins(out: str) -> Dict[str, Dict[str, Any]]:
+  """OUT/code_pins.json: dataset -> {"sha256", "commit", "why"}, the code version that
+  dataset's cells are made by ({} without the file: every cell by this process's code).
+
+  Raises:
+    ValueError: the file is not a mapping of datasets to entries with a "sha256".
+  """
+  path = os.path.join(out, PINS_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    pins = json.load(f)
+  if not isinstance(pins, dict) or not all(
+      isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in pins.values()):
+    raise ValueError(f"{path}: expected {{dataset: {{\"sha256\": ..., \"commit\": ...}}}}")
+  return pins
+
+
+def cache_pins(pins: Dict[str, Dict[str, Any]]) -> Dict[str, str]:
+  """`load_pins` as CellCache's key prefix -> code hash."""
+  return {p: entry["sha256"] for ds, entry in pins.items() for p in dataset_prefixes(ds)}
+
+
 def _dataset_base(setting: Setting, dataset: str):
   """The trainer config every cell of `dataset` starts from (unlocked copy)."""
   from projnce_jax import train  # pylint: disable=g-import-not-at-top
@@ -1112,6 +1143,14 @@ def write_markdown(path: str, result: Optional[Dict[str, Any]], *, command: str,
         "method's stage-1 values and the dataset's length are final (unless "
         "--allow_untuned). Each cell's record in cells/ keeps the load average at its "
         "start and its wall time.", ""]
+    code = result.get("code") or {}
+    lines += [f"Code: this invocation ran commit {code.get('commit') or '-'} (source hash "
+              f"{code.get('sha256', '-')})."]
+    for ds, pin in sorted((result.get("code_pins") or {}).items()):
+      lines.append(f"- {ds}: its cells are made by source hash {pin['sha256']} (commit "
+                   f"{pin.get('commit') or '-'}; {PINS_FILE})"
+                   + (f": {pin['why']}" if pin.get("why") else "") + ".")
+    lines.append("")
     for ds, why in result["skipped"].items():
       lines.append(f"- {ds}: skipped ({why}).")
     for ds in result["waiting_for_stage1"]:
@@ -1253,8 +1292,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   # The checkout the package is imported from (PYTHONPATH may point at another worktree).
   code = _sweep.code_version(os.path.dirname(os.path.dirname(
       os.path.abspath(projnce_jax.__file__))))
+  pins = load_pins(args.out)
   cache = _sweep.CellCache(args.out, _sweep.Budget(args.max_cells, args.time_budget_s),
-                           code=code, env=_sweep.environment())
+                           code=code, env=_sweep.environment(), pins=cache_pins(pins))
+  other = {ds: e for ds, e in pins.items() if e["sha256"] != code["sha256"]}
+  if other:
+    print("pinned to other code (read, not trained, by this process): "
+          + ", ".join(f"{ds} ({e.get('commit') or e['sha256']})" for ds, e in other.items()),
+          flush=True)
 
   tuned_path = os.path.join(args.out, "tuned.json")
   tuned: Dict[str, Any] = {}
@@ -1319,7 +1364,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   rounding = rounding_values(cache, setting, datasets, tuned)
   result = {
       "command": command, "date": date, "machine": machine,
-      "code": code, "environment": _sweep.environment(),
+      "code": code, "environment": _sweep.environment(), "code_pins": pins,
+      "cells_passed_over_pinned": cache.passed_over,
       "rounding": rounding,
       "load_average_at_end": _sweep.load_average(),
       "setting": dataclasses.asdict(setting),

@@ -377,6 +377,50 @@ def test_cell_hash_covers_the_code_version(tmp_path, monkeypatch):
   assert calls[0] != calls[1]
 
 
+def test_a_pinned_dataset_is_read_and_trained_only_under_its_code(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_run(config, workdir, hooks=(), done=None):
+    del hooks, done
+    calls.append(workdir)
+    return {"status": "ok", "linear_probe_accuracy": 0.5, "wall_seconds": 0.0}, True
+
+  monkeypatch.setattr(_sweep, "run_cell", fake_run)
+  extract = lambda r: {"linear_probe_accuracy": r["linear_probe_accuracy"]}
+  config = ml_collections.ConfigDict({"lr": 0.1})
+  old = {"sha256": "a" * 16, "commit": "c1", "dirty": False}
+  new = dict(old, sha256="b" * 16, commit="c2")
+  (tmp_path / pc.PINS_FILE).write_text(json.dumps(
+      {"spoken_digits": {"sha256": new["sha256"], "commit": "c2", "why": "new test split"}}))
+  pins = pc.cache_pins(pc.load_pins(str(tmp_path)))
+  assert pins["stage2/spoken_digits/"] == new["sha256"]
+  assert pins["rounding/devices2/stage2/spoken_digits/"] == new["sha256"]
+  quiet = lambda s: None
+  old_cache = _sweep.CellCache(str(tmp_path), code=old, log=quiet, pins=pins)
+  new_cache = _sweep.CellCache(str(tmp_path), code=new, log=quiet, pins=pins)
+  sd, mn = "stage2/spoken_digits/noise0.4/supcon/seed0", "stage2/mnist5k/noise0.4/supcon/seed0"
+  # The old checkout trains the unpinned dataset's cells, never the pinned one's.
+  assert old_cache.get_or_run(mn, config, extract)["code"] == old
+  assert old_cache.get_or_run(sd, config, extract) is None and old_cache.passed_over == 1
+  assert len(calls) == 1
+  # The new checkout trains the pinned cell; the old one then reads it as it is.
+  assert new_cache.get_or_run(sd, config, extract)["code"] == new and len(calls) == 2
+  rec = old_cache.get_or_run(sd, config, extract)
+  assert rec["reused"] and rec["code"] == new and len(calls) == 2
+  # A pinned cell made by other code is neither read nor retrained by the wrong code.
+  (tmp_path / pc.PINS_FILE).write_text(json.dumps(
+      {"spoken_digits": {"sha256": "c" * 16, "commit": "c3"}}))
+  repinned = pc.cache_pins(pc.load_pins(str(tmp_path)))
+  for code in (old, new):
+    cache = _sweep.CellCache(str(tmp_path), code=code, log=quiet, pins=repinned)
+    assert cache.get_or_run(sd, config, extract) is None
+  assert len(calls) == 2
+  (tmp_path / pc.PINS_FILE).write_text(json.dumps({"spoken_digits": "b" * 16}))
+  with pytest.raises(ValueError, match="code_pins.json: expected"):
+    pc.load_pins(str(tmp_path))
+  assert pc.load_pins(str(tmp_path / "elsewhere")) == {}
+
+
 def test_code_version_follows_the_package_source(tmp_path):
   for top in ("projnce_jax", "configs", "docs"):
     (tmp_path / top).mkdir()
