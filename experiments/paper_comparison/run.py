@@ -310,6 +310,17 @@ def dataset_skip_reason(dataset: str, stage: int) -> Optional[str]:
   return None
 
 
+def train_examples(config) -> int:
+  """How many examples a cell's config trains on: the dataset's training split less the
+  validation hold-out (`splits.holdout_split`'s size rule), or `train_subset`."""
+  from projnce_jax.data import sources  # pylint: disable=g-import-not-at-top
+  n = sources.get_info(config.dataset.name).num_train
+  fraction = float(config.dataset.val_fraction)
+  held = 0 if fraction == 0.0 else min(max(1, int(round(fraction * n))), n - 1)
+  subset = config.dataset.get("train_subset")
+  return int(subset) if subset else n - held
+
+
 PINS_FILE = "code_pins.json"
 
 
@@ -1166,7 +1177,9 @@ def write_markdown(path: str, result: Optional[Dict[str, Any]], *, command: str,
         "config's optimizer); symmetric label noise on the training labels (seed = run "
         f"seed); stage-2 seeds {tuple(s['seeds'])}; linear probe {s['probe_epochs']} epochs "
         "(final epoch), cosine kNN k = 200, frozen encoder features. Missing keys (the "
-        "trainer does not provide them yet) show as \"-\".", "",
+        "trainer does not provide them yet) show as \"-\". Training examples: "
+        + ", ".join(f"{ds} {n:,}" for ds, n in result.get("train_examples", {}).items())
+        + ".", "",
         "## Stage 1: chosen on the validation split", "",
         "Tuned at label noise " + "; ".join(
             f"{ds} " + ", ".join(f"{n:g}" for n in Setting(**s).tune_noises_of(ds))
@@ -1376,6 +1389,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       "stage1_skipped": {d: tuned[d]["stage1_skipped"] for d in datasets
                          if "stage1_skipped" in tuned.get(d, {})},
       "epochs_by_dataset": epochs_by_dataset,
+      "train_examples": {ds: train_examples(_stage2_config(setting, ds, "supcon", {}, 0.0, 0,
+                                                           setting.num_epochs))
+                         for ds in run2},
       "progress": {"stage1_done": done1, "stage1_planned": len(planned1),
                    "stage2_done": len(cells), "stage2_planned": len(planned2)},
       "wall_seconds": time.perf_counter() - t0, "cells_run_now": cache.budget.cells_run,

@@ -89,6 +89,7 @@ def test_full_smallest_sweep_outputs(sweep):
   text = (out / "results.md").read_text()
   assert "Command: `" in text and "Machine: " in text and "load average" in text
   assert "projnce_centroid - supcon **(primary)**" in text
+  assert result["train_examples"] == {"mnist5k": 3600} and "mnist5k 3,600" in text
 
   # Stage 1: run on the validation split where the trainer has `eval_split`, otherwise
   # skipped with the reason (never tuned on the test split).
@@ -277,6 +278,19 @@ def test_full_fashion_inherits_hyperparameters_and_tunes_length(monkeypatch):
   # Without the source's values nothing is final.
   assert not pc.tune_dataset(_FakeCache(score), pc.FULL, "fashion_mnist_full", [],
                              inherited={})["complete"]
+
+
+def test_train_examples_follow_the_splits():
+  from projnce_jax.data import splits  # pylint: disable=import-outside-toplevel
+  config = pc.build_config(pc.FULL, "mnist5k", {}, 0.4, 0)
+  assert pc.train_examples(config) == len(splits.make_splits(
+      "mnist5k", val_fraction=config.dataset.val_fraction).train) == 3600
+  # The full-scale comparison trains on the whole Fashion-MNIST training split less its
+  # 6,000 validation images; the 10,000-image study on its subset.
+  full = pc.build_config(pc.FULL, "fashion_mnist_full", {}, 0.4, 0)
+  assert full.dataset.name == "fashion_mnist_local" and pc.train_examples(full) == 54000
+  sub = pc.build_config(pc.FULL, "fashion_mnist_local", {}, 0.4, 0)
+  assert pc.train_examples(sub) == 10000
 
 
 def test_a_length_cell_held_elsewhere_leaves_the_steps_other_cells_to_this_process(
