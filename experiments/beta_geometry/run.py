@@ -445,9 +445,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   os.makedirs(args.out, exist_ok=True)
   pc.enable_compilation_cache(os.path.join(args.out, "runs", ".jax_cache"))
   machine = pc.machine_info()
-  import projnce_jax  # pylint: disable=g-import-not-at-top
-  code = _sweep.code_version(os.path.dirname(os.path.dirname(
-      os.path.abspath(projnce_jax.__file__))))
+  code = _sweep.code_version(pc.code_root())
   cache = _sweep.CellCache(args.out, _sweep.Budget(args.max_cells, args.time_budget_s),
                            code=code, env=_sweep.environment())
   base_lr = pc.dataset_base_lr(setting, DATASET)

@@ -56,6 +56,15 @@ if _ROOT not in sys.path:
   sys.path.append(_ROOT)  # configs/spoken_digits.py imports configs.speech_commands
 import _sweep  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
+
+
+def code_root() -> str:
+  """The checkout whose package this process imports (PYTHONPATH may name another
+  worktree): its `projnce_jax/` and `configs/` are the code a cell runs and is hashed by."""
+  import projnce_jax  # pylint: disable=g-import-not-at-top
+  return os.path.dirname(os.path.dirname(os.path.abspath(projnce_jax.__file__)))
+
+
 # Re-exported for experiments that reuse this sweep's cell runner and statistics.
 machine_info = _sweep.machine_info
 enable_compilation_cache = _sweep.enable_compilation_cache
@@ -305,7 +314,7 @@ def dataset_skip_reason(dataset: str, stage: int) -> Optional[str]:
     return ("the trainer config has no `dataset.train_subset` field (the 10,000-image "
             "subset)")
   if dataset == "spoken_digits" and not os.path.exists(
-      os.path.join(_ROOT, "configs", "spoken_digits.py")):
+      os.path.join(code_root(), "configs", "spoken_digits.py")):
     return "configs/spoken_digits.py does not exist"
   return None
 
@@ -356,7 +365,7 @@ def _dataset_base(setting: Setting, dataset: str):
   """The trainer config every cell of `dataset` starts from (unlocked copy)."""
   from projnce_jax import train  # pylint: disable=g-import-not-at-top
   if dataset == "spoken_digits":
-    module = _sweep.load_module(os.path.join(_ROOT, "configs", "spoken_digits.py"),
+    module = _sweep.load_module(os.path.join(code_root(), "configs", "spoken_digits.py"),
                                 "configs_spoken_digits")
     c = train.apply_overrides(module.get_config(None), {
         "model": {"widths": tuple(setting.audio_widths), "dtype": "float32"}})
@@ -1301,10 +1310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     # its partial tables until this invocation ends).
     write_markdown(md_path, None, command=command, machine=machine, date=date)
   t0 = time.perf_counter()
-  import projnce_jax  # pylint: disable=g-import-not-at-top
-  # The checkout the package is imported from (PYTHONPATH may point at another worktree).
-  code = _sweep.code_version(os.path.dirname(os.path.dirname(
-      os.path.abspath(projnce_jax.__file__))))
+  code = _sweep.code_version(code_root())
   pins = load_pins(args.out)
   cache = _sweep.CellCache(args.out, _sweep.Budget(args.max_cells, args.time_budget_s),
                            code=code, env=_sweep.environment(), pins=cache_pins(pins))
