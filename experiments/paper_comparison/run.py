@@ -523,7 +523,8 @@ def extend_grid(grid: Sequence[float], scores: Sequence[float], ratio: float,
 def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
                  planned: List[str], methods: Optional[Sequence[str]] = None,
                  noises: Optional[Sequence[float]] = None,
-                 inherited: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 inherited: Optional[Dict[str, Any]] = None,
+                 length: bool = True) -> Dict[str, Any]:
   """Stage 1 for one dataset; returns its entry of tuned.json ("complete" says if done).
 
   Coordinate-wise, each method through its hyperparameters in `hp_order` (cross-entropy:
@@ -548,6 +549,8 @@ def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
     noises: tune only at these of `setting.tune_noises_of(dataset)` (default: all).
     inherited: for a dataset in `setting.hp_source`, the source dataset's entry: its
       chosen values are used as they are and only the length is chosen here.
+    length: False skips the length step (the entry then is not complete): for a caller
+      that needs only the hyperparameters.
 
   Returns:
     {"complete", "by_noise": {noise: {method: hp}}, "search": {noise: {method: {hp:
@@ -638,7 +641,7 @@ def tune_dataset(cache: _sweep.CellCache, setting: Setting, dataset: str,
                     if m in setting.methods_by_dataset[dataset]]
   lengths: Dict[int, float] = {}
   length_done = False
-  if noise in tune_noises and all(m in chosen for m in length_methods):
+  if length and noise in tune_noises and all(m in chosen for m in length_methods):
     try:
       while True:
         # Every cell of this step is asked for before a missing one stops it: a second
@@ -770,16 +773,17 @@ def primary_first(cache: _sweep.CellCache, setting: Setting) -> List[Dict[str, A
 
 def full_scale_first(cache: _sweep.CellCache, setting: Setting, tuned: Dict[str, Any]
                      ) -> List[Dict[str, Any]]:
-  """The protocol-2 comparison before the rest: its source's stage 1 for its methods, its
-  length, then its stage-2 cells at PRIMARY_NOISE, seed by seed (same keys and configs as
+  """The protocol-2 comparison before the rest: its source's stage-1 values for its methods
+  (not the source's length), its own length, then its stage-2 cells at PRIMARY_NOISE, seed by seed (same keys and configs as
   the full passes, which read them from the cache)."""
   ds = FULL_SCALE_DATASET
   source = dict(setting.hp_source).get(ds)
   methods = setting.methods_by_dataset[ds]
   print(f"full-scale comparison next: {ds} (hyperparameters from {source}), noise "
         f"{PRIMARY_NOISE:g}, {list(methods)}", flush=True)
+  # The source's values only: its own length is chosen in its stage-1 pass, later.
   src = tune_dataset(cache, setting, source, [], methods=methods,
-                     noises=(max(setting.tune_noises_of(source)),))
+                     noises=(max(setting.tune_noises_of(source)),), length=False)
   entry = tune_dataset(cache, setting, ds, [], inherited=src)
   tuned = dict(tuned, **{ds: entry})
   return run_stage2(cache, setting, [ds], tuned, [], noises=(PRIMARY_NOISE,),

@@ -577,6 +577,36 @@ def test_stage2_grid_order_answers_the_endpoint_first():
     assert first_other_noise == len(methods) * len(setting.seeds)
 
 
+def test_full_scale_first_takes_the_sources_values_but_not_its_length(monkeypatch):
+  """The full-scale comparison needs the 10,000-image subset's hyperparameters, not its
+  length: that length is chosen in the subset's own stage-1 pass, after the full-scale
+  cells, whose length step and stage-2 cells come first."""
+
+  def fake_config(setting, dataset, overrides, noise, seed, *, eval_split=None,
+                  num_epochs=None):
+    if eval_split == "validation":
+      return _fake_config(setting, dataset, overrides, noise, seed,
+                          eval_split=eval_split, num_epochs=num_epochs)
+    return ml_collections.ConfigDict({"overrides": json.dumps(overrides, sort_keys=True),
+                                      "seed": seed, "epochs": num_epochs})
+
+  monkeypatch.setattr(pc, "build_config", fake_config)
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  cache = _FakeCache(lambda c: (0.5 - abs(c.temperature - 0.2) - abs(c.lr - 0.4)
+                                 + {10: 0.0, 20: 0.01}.get(c.epochs, 0.005))
+                     if "temperature" in c else 0.5)
+  cells = pc.full_scale_first(cache, pc.FULL, {})
+  subset = [k for k in cache.keys if k.startswith("stage1/fashion_mnist_local/")]
+  assert subset and not any("_ep" in k for k in subset)  # values only, no length cells
+  full = [k for k in cache.keys if k.startswith("stage1/fashion_mnist_full/")]
+  assert any("_ep" in k for k in full)  # the full set's own length step
+  methods = set(pc.FULL.methods_by_dataset[pc.FULL_SCALE_DATASET])
+  assert {c["method"] for c in cells} == methods
+  assert len(cells) == len(methods) * len(pc.FULL.seeds)
+  assert all(c["dataset"] == pc.FULL_SCALE_DATASET and c["noise"] == pc.PRIMARY_NOISE
+             for c in cells)
+
+
 def test_primary_endpoint_cells_come_first(monkeypatch):
   """A sitting starts with the primary endpoint: its methods' tuning at the highest noise,
   the length, then its paired stage-2 cells, before any other method's cell."""
