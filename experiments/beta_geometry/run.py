@@ -77,8 +77,7 @@ METHOD = "projnce_centroid"  # whose stage-1 values the cells use
 TUNED = os.path.join(_HERE, "..", "paper_comparison", "tuned.json")
 EMBEDDINGS = "embeddings.npz"
 METRICS = ("intra", "inter", "ratio")
-ACCURACY = (("linear_probe_accuracy", "probe", 100.0), ("knn_accuracy", "kNN", 100.0),
-            ("heldout_mi_bound", "held-out MI bound", 1.0))
+ACCURACY = (("linear_probe_accuracy", "probe", 100.0), ("knn_accuracy", "kNN", 100.0))
 PANELS = (("beta0", "beta=0 (SupCon's loss)"), ("beta1", "ProjNCE (beta=1)"),
           ("beta5", "beta=5"), ("beta10", "beta=10"))
 
@@ -293,7 +292,7 @@ def claim_sentences(v: Dict[str, Any], betas: Sequence[float]) -> List[str]:
     if b == 0:
       continue
     parts = []
-    for key, label, scale in ACCURACY[:2]:
+    for key, label, scale in ACCURACY:
       c = v["measures"][key]["vs_beta0"].get(f"{b:g}", {})
       if c.get("mean") is None:
         continue

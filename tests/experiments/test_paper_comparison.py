@@ -345,15 +345,24 @@ def test_stage1_incomplete_under_budget(monkeypatch):
   assert (hp, tuned) == ({}, False)
 
 
-def test_cell_cache_retrains_a_changed_config(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_training(monkeypatch):
+  """`_sweep.run_cell` replaced by a stand-in that records each trainer folder it is given
+  (returned list), checks the cell's claim is held, and scores the config's `lr`."""
   calls = []
 
   def fake_run(config, workdir, hooks=(), done=None):
     del hooks, done
     calls.append(workdir)
+    assert os.path.exists(workdir + ".claim")  # held while it trains
     return {"status": "ok", "linear_probe_accuracy": config.lr, "wall_seconds": 0.0}, True
 
   monkeypatch.setattr(_sweep, "run_cell", fake_run)
+  return calls
+
+
+def test_cell_cache_retrains_a_changed_config(tmp_path, fake_training):
+  calls = fake_training
   cache = _sweep.CellCache(str(tmp_path), _sweep.Budget(max_cells=2), log=lambda s: None)
   extract = lambda r: {"linear_probe_accuracy": r["linear_probe_accuracy"]}
   c1 = ml_collections.ConfigDict({"lr": 0.1})
@@ -366,15 +375,8 @@ def test_cell_cache_retrains_a_changed_config(tmp_path, monkeypatch):
   assert cache.get_or_run("a/c", c1, extract) is None and len(calls) == 2
 
 
-def test_cell_hash_covers_the_code_version(tmp_path, monkeypatch):
-  calls = []
-
-  def fake_run(config, workdir, hooks=(), done=None):
-    del hooks, done
-    calls.append(workdir)
-    return {"status": "ok", "linear_probe_accuracy": 0.5, "wall_seconds": 0.0}, True
-
-  monkeypatch.setattr(_sweep, "run_cell", fake_run)
+def test_cell_hash_covers_the_code_version(tmp_path, fake_training):
+  calls = fake_training
   extract = lambda r: {"linear_probe_accuracy": r["linear_probe_accuracy"]}
   config = ml_collections.ConfigDict({"lr": 0.1})
   code_a = {"sha256": "a" * 16, "commit": "c1", "dirty": False}
@@ -391,15 +393,8 @@ def test_cell_hash_covers_the_code_version(tmp_path, monkeypatch):
   assert calls[0] != calls[1]
 
 
-def test_a_pinned_dataset_is_read_and_trained_only_under_its_code(tmp_path, monkeypatch):
-  calls = []
-
-  def fake_run(config, workdir, hooks=(), done=None):
-    del hooks, done
-    calls.append(workdir)
-    return {"status": "ok", "linear_probe_accuracy": 0.5, "wall_seconds": 0.0}, True
-
-  monkeypatch.setattr(_sweep, "run_cell", fake_run)
+def test_a_pinned_dataset_is_read_and_trained_only_under_its_code(tmp_path, fake_training):
+  calls = fake_training
   extract = lambda r: {"linear_probe_accuracy": r["linear_probe_accuracy"]}
   config = ml_collections.ConfigDict({"lr": 0.1})
   old = {"sha256": "a" * 16, "commit": "c1", "dirty": False}
@@ -504,16 +499,8 @@ def test_contrasts_report_unpaired_and_widened_intervals():
   assert "widened_ci_low" not in prim["cross_entropy"]
 
 
-def test_cell_cache_passes_over_a_cell_another_live_process_holds(tmp_path, monkeypatch):
-  calls = []
-
-  def fake_run(config, workdir, hooks=(), done=None):
-    del hooks, done
-    calls.append(workdir)
-    assert os.path.exists(workdir + ".claim")  # held while it trains
-    return {"status": "ok", "linear_probe_accuracy": config.lr, "wall_seconds": 0.0}, True
-
-  monkeypatch.setattr(_sweep, "run_cell", fake_run)
+def test_cell_cache_passes_over_a_cell_another_live_process_holds(tmp_path, fake_training):
+  calls = fake_training
   cache = _sweep.CellCache(str(tmp_path), log=lambda s: None)
   extract = lambda r: {"linear_probe_accuracy": r["linear_probe_accuracy"]}
   config = ml_collections.ConfigDict({"lr": 0.1})
