@@ -771,11 +771,19 @@ def primary_first(cache: _sweep.CellCache, setting: Setting) -> List[Dict[str, A
                     noises=(PRIMARY_NOISE,), methods=primary)
 
 
-def full_scale_first(cache: _sweep.CellCache, setting: Setting, tuned: Dict[str, Any]
-                     ) -> List[Dict[str, Any]]:
+def full_scale_first(cache: _sweep.CellCache, setting: Setting, tuned: Dict[str, Any],
+                     provisional_length: Optional[int] = None) -> List[Dict[str, Any]]:
   """The protocol-2 comparison before the rest: its source's stage-1 values for its methods
-  (not the source's length), its own length, then its stage-2 cells at PRIMARY_NOISE, seed by seed (same keys and configs as
-  the full passes, which read them from the cache)."""
+  (not the source's length), its own length, then its stage-2 cells at PRIMARY_NOISE, seed
+  by seed (same keys and configs as the full passes, which read them from the cache).
+
+  With `provisional_length`, a process that finds the length step under way (its cells
+  held by other processes, or not finished) trains the stage-2 cells at that length
+  meanwhile. Nothing is reported from them before the length is chosen: the full passes
+  read a stage-2 cell only once the length is final, and only if its config (which holds
+  the length) matches, so a provisional cell at another length is trained again. The
+  returned cells are those of this call (provisional ones included); `main` ignores them.
+  """
   ds = FULL_SCALE_DATASET
   source = dict(setting.hp_source).get(ds)
   methods = setting.methods_by_dataset[ds]
@@ -785,6 +793,11 @@ def full_scale_first(cache: _sweep.CellCache, setting: Setting, tuned: Dict[str,
   src = tune_dataset(cache, setting, source, [], methods=methods,
                      noises=(max(setting.tune_noises_of(source)),), length=False)
   entry = tune_dataset(cache, setting, ds, [], inherited=src)
+  if provisional_length is not None and "num_epochs" not in entry:
+    print(f"{ds}: length step under way; stage-2 cells at a provisional "
+          f"{provisional_length} epochs (trained again if the chosen length differs)",
+          flush=True)
+    entry = dict(entry, num_epochs=int(provisional_length))
   tuned = dict(tuned, **{ds: entry})
   return run_stage2(cache, setting, [ds], tuned, [], noises=(PRIMARY_NOISE,),
                     methods=methods)
@@ -1278,6 +1291,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="rerun the endpoint methods' finished stage-2 cells at the primary "
                  f"noise, seeds {ROUNDING_SEEDS}, on 2 devices with the same global batch "
                  "(a change of rounding only); the normal invocation reads them")
+  p.add_argument("--provisional_length", type=int, default=None, metavar="EPOCHS",
+                 help=f"while {FULL_SCALE_DATASET}'s length step is under way (held by "
+                 "another process), train its stage-2 cells at this length meanwhile; they "
+                 "are read only if the chosen length equals it")
   p.add_argument("--readme", action="store_true",
                  help="print the README tables from OUT/results.json and exit")
   return p.parse_args(argv)
@@ -1285,6 +1302,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   args = parse_args(argv)
+  if args.provisional_length is not None and args.provisional_length < 1:
+    raise ValueError(f"--provisional_length must be a positive number of epochs, got "
+                     f"{args.provisional_length}")
   if args.readme:
     with open(os.path.join(args.out, "results.json")) as f:
       text = readme_tables(json.load(f))
@@ -1342,7 +1362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     primary_first(cache, setting)
   if (stages == (1, 2) and FULL_SCALE_DATASET in runnable
       and FULL_SCALE_DATASET in setting.methods_by_dataset):
-    full_scale_first(cache, setting, tuned)
+    full_scale_first(cache, setting, tuned, provisional_length=args.provisional_length)
   for ds in datasets:
     why = dataset_skip_reason(ds, 1)
     if 1 in stages and why is None:

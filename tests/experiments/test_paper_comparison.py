@@ -594,6 +594,52 @@ def test_full_scale_first_takes_the_sources_values_but_not_its_length(monkeypatc
              for c in cells)
 
 
+def test_a_provisional_length_trains_stage2_while_the_length_step_is_held(monkeypatch):
+  """While another process holds the full set's length cells, `provisional_length` lets
+  this one train the stage-2 cells at that length; without it, none are trained; the full
+  pass (incomplete length) reads none of them."""
+
+  def fake_config(setting, dataset, overrides, noise, seed, *, eval_split=None,
+                  num_epochs=None):
+    if eval_split == "validation":
+      return _fake_config(setting, dataset, overrides, noise, seed,
+                          eval_split=eval_split, num_epochs=num_epochs)
+    return ml_collections.ConfigDict({"overrides": json.dumps(overrides, sort_keys=True),
+                                      "seed": seed, "epochs": num_epochs})
+
+  class HeldLengthCache(_FakeCache):
+    def get_or_run(self, key, config, extract):
+      if key.startswith("stage1/fashion_mnist_full/") and "_ep" in key:
+        self.keys.append(key)
+        return None  # held by another live process
+      return super().get_or_run(key, config, extract)
+
+  monkeypatch.setattr(pc, "build_config", fake_config)
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  score = lambda c: 0.5 - abs(c.temperature - 0.2) if "temperature" in c else 0.5
+  cache = HeldLengthCache(score)
+  assert pc.full_scale_first(cache, pc.FULL, {}) == []
+  assert not any(k.startswith("stage2/") for k in cache.keys)
+
+  cache = HeldLengthCache(score)
+  cells = pc.full_scale_first(cache, pc.FULL, {}, provisional_length=30)
+  methods = pc.FULL.methods_by_dataset[pc.FULL_SCALE_DATASET]
+  assert len(cells) == len(methods) * len(pc.FULL.seeds)
+  stage2 = [k for k in cache.keys if k.startswith("stage2/")]
+  assert stage2 and all(cache.configs[k].epochs == 30 for k in stage2)
+  # The length was asked for before any stage-2 cell.
+  assert max(i for i, k in enumerate(cache.keys) if "_ep" in k) < cache.keys.index(stage2[0])
+  # The full pass: the length step is not done, so it reads no stage-2 cell.
+  entry = pc.tune_dataset(cache, pc.FULL, pc.FULL_SCALE_DATASET, [],
+                          inherited={"by_noise": {"0.4": {
+                              m: {"temperature": 0.2} for m in methods}}})
+  assert "num_epochs" not in entry and not entry["complete"]
+  assert pc.run_stage2(cache, pc.FULL, [pc.FULL_SCALE_DATASET],
+                       {pc.FULL_SCALE_DATASET: entry}, []) == []
+  with pytest.raises(ValueError, match="--provisional_length"):
+    pc.main(["--out", "/nonexistent", "--provisional_length", "0"])
+
+
 def test_primary_endpoint_cells_come_first(monkeypatch):
   """A sitting starts with the primary endpoint: its methods' tuning at the highest noise,
   the length, then its paired stage-2 cells, before any other method's cell."""
