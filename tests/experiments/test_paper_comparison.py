@@ -186,6 +186,17 @@ def _fake_config(setting, dataset, overrides, noise, seed, *, eval_split=None,
       epochs=num_epochs or setting.num_epochs, noise=noise))
 
 
+def _fake_both_stages_config(setting, dataset, overrides, noise, seed, *, eval_split=None,
+                             num_epochs=None):
+  """`_fake_config` for stage-1 cells; a stage-2 cell's config holds its overrides, seed
+  and length."""
+  if eval_split == "validation":
+    return _fake_config(setting, dataset, overrides, noise, seed,
+                        eval_split=eval_split, num_epochs=num_epochs)
+  return ml_collections.ConfigDict({"overrides": json.dumps(overrides, sort_keys=True),
+                                    "seed": seed, "epochs": num_epochs})
+
+
 def _score(c):
   """Best: lr 0.4 (factor 2), temperature 0.2, beta 2, bandwidth 0.5 -- each at the end of
   its initial grid -- and 40 epochs (the longest initial length), 0.4 points over 20."""
@@ -569,15 +580,7 @@ def test_full_scale_first_takes_the_sources_values_but_not_its_length(monkeypatc
   length: that length is chosen in the subset's own stage-1 pass, after the full-scale
   cells, whose length step and stage-2 cells come first."""
 
-  def fake_config(setting, dataset, overrides, noise, seed, *, eval_split=None,
-                  num_epochs=None):
-    if eval_split == "validation":
-      return _fake_config(setting, dataset, overrides, noise, seed,
-                          eval_split=eval_split, num_epochs=num_epochs)
-    return ml_collections.ConfigDict({"overrides": json.dumps(overrides, sort_keys=True),
-                                      "seed": seed, "epochs": num_epochs})
-
-  monkeypatch.setattr(pc, "build_config", fake_config)
+  monkeypatch.setattr(pc, "build_config", _fake_both_stages_config)
   monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
   cache = _FakeCache(lambda c: (0.5 - abs(c.temperature - 0.2) - abs(c.lr - 0.4)
                                  + {10: 0.0, 20: 0.01}.get(c.epochs, 0.005))
@@ -599,14 +602,6 @@ def test_a_provisional_length_trains_stage2_while_the_length_step_is_held(monkey
   this one train the stage-2 cells at that length; without it, none are trained; the full
   pass (incomplete length) reads none of them."""
 
-  def fake_config(setting, dataset, overrides, noise, seed, *, eval_split=None,
-                  num_epochs=None):
-    if eval_split == "validation":
-      return _fake_config(setting, dataset, overrides, noise, seed,
-                          eval_split=eval_split, num_epochs=num_epochs)
-    return ml_collections.ConfigDict({"overrides": json.dumps(overrides, sort_keys=True),
-                                      "seed": seed, "epochs": num_epochs})
-
   class HeldLengthCache(_FakeCache):
     def get_or_run(self, key, config, extract):
       if key.startswith("stage1/fashion_mnist_full/") and "_ep" in key:
@@ -614,7 +609,7 @@ def test_a_provisional_length_trains_stage2_while_the_length_step_is_held(monkey
         return None  # held by another live process
       return super().get_or_run(key, config, extract)
 
-  monkeypatch.setattr(pc, "build_config", fake_config)
+  monkeypatch.setattr(pc, "build_config", _fake_both_stages_config)
   monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
   score = lambda c: 0.5 - abs(c.temperature - 0.2) if "temperature" in c else 0.5
   cache = HeldLengthCache(score)
@@ -644,15 +639,7 @@ def test_primary_endpoint_cells_come_first(monkeypatch):
   """A sitting starts with the primary endpoint: its methods' tuning at the highest noise,
   the length, then its paired stage-2 cells, before any other method's cell."""
 
-  def fake_config(setting, dataset, overrides, noise, seed, *, eval_split=None,
-                  num_epochs=None):
-    if eval_split == "validation":
-      return _fake_config(setting, dataset, overrides, noise, seed,
-                          eval_split=eval_split, num_epochs=num_epochs)
-    return ml_collections.ConfigDict({"overrides": json.dumps(overrides, sort_keys=True),
-                                      "seed": seed, "epochs": num_epochs})
-
-  monkeypatch.setattr(pc, "build_config", fake_config)
+  monkeypatch.setattr(pc, "build_config", _fake_both_stages_config)
   monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
   cache = _FakeCache(lambda c: _score(c) if "temperature" in c else 0.5)
   cells = pc.primary_first(cache, pc.FULL)
