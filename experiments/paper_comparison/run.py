@@ -805,14 +805,18 @@ def full_scale_first(cache: _sweep.CellCache, setting: Setting, tuned: Dict[str,
 
 def _rounding_plan(setting: Setting, datasets: Sequence[str], tuned: Dict[str, Any]):
   """(dataset, method, seed, original key, its config, rerun key, its 2-device config) of
-  the endpoint methods' stage-2 cells at PRIMARY_NOISE, seeds ROUNDING_SEEDS, whose values
-  are tuned and whose length is chosen."""
+  the preregistered contrasts' stage-2 cells at PRIMARY_NOISE (the endpoint methods, and
+  FULL_SCALE_OTHER on FULL_SCALE_DATASET), seeds ROUNDING_SEEDS, whose values are tuned and
+  whose length is chosen."""
   for ds in datasets:
     epochs = tuned.get(ds, {}).get("num_epochs")
     if epochs is None:
       continue
+    methods = (PRIMARY_TARGET,) + PRIMARY_REFERENCES
+    if ds == FULL_SCALE_DATASET:
+      methods += (FULL_SCALE_OTHER,)
     for seed in ROUNDING_SEEDS:
-      for m in (PRIMARY_TARGET,) + PRIMARY_REFERENCES:
+      for m in methods:
         hp, was_tuned = stage2_hp(tuned, ds, m, PRIMARY_NOISE)
         if not was_tuned:
           continue
@@ -1288,7 +1292,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="run stage 2 with default hyperparameters where stage 1 is not done "
                  "(its verdicts then say not tested at adequate scale)")
   p.add_argument("--rounding", action="store_true",
-                 help="rerun the endpoint methods' finished stage-2 cells at the primary "
+                 help="rerun the preregistered contrasts' finished stage-2 cells at the primary "
                  f"noise, seeds {ROUNDING_SEEDS}, on 2 devices with the same global batch "
                  "(a change of rounding only); the normal invocation reads them")
   p.add_argument("--provisional_length", type=int, default=None, metavar="EPOCHS",

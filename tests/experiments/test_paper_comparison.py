@@ -510,6 +510,35 @@ def test_contrasts_report_unpaired_and_widened_intervals():
   assert "widened_ci_low" not in prim["cross_entropy"]
 
 
+def test_rounding_reruns_cover_every_preregistered_contrast(monkeypatch):
+  monkeypatch.setattr(pc, "build_config", _fake_both_stages_config)
+  monkeypatch.setattr(pc, "dataset_base_lr", lambda setting, ds: 0.2)
+  hp = {"cross_entropy": {"lr_factor": 4.0},
+        "supcon": {"temperature": 0.2, "lr_factor": 1.0},
+        "projnce_centroid": {"temperature": 0.1, "lr_factor": 2.0, "beta": 1.0},
+        "projnce_kernel": {"temperature": 0.4, "lr_factor": 2.0, "beta": 1.0,
+                           "bandwidth": 1.0}}
+  tuned = {ds: {"by_noise": {"0.4": hp}, "num_epochs": 30}
+           for ds in ("mnist5k", "fashion_mnist_full")}
+  tuned["fashion_mnist_local"] = {"by_noise": {"0.4": hp}}  # no length yet: nothing
+  plan = list(pc._rounding_plan(pc.FULL, ["mnist5k", "fashion_mnist_local",
+                                          "fashion_mnist_full"], tuned))
+  methods = {}
+  for ds, m, seed, key, config, rerun_key, rerun_config in plan:
+    methods.setdefault(ds, set()).add(m)
+    assert seed in pc.ROUNDING_SEEDS and key == f"stage2/{ds}/noise0.4/{m}/seed{seed}"
+    assert rerun_key == "rounding/devices2/" + key
+    # Only the device count differs from the original cell's config.
+    assert rerun_config.num_devices == 2 and "num_devices" not in config
+    assert rerun_config.epochs == config.epochs == 30 and rerun_config.seed == seed
+    assert rerun_config.overrides == config.overrides
+  endpoint = {"projnce_centroid", "supcon", "cross_entropy"}
+  # The full-scale comparison preregisters the kernel projection's contrasts too.
+  assert methods == {"mnist5k": endpoint,
+                     "fashion_mnist_full": endpoint | {"projnce_kernel"}}
+  assert len(plan) == 7 * len(pc.ROUNDING_SEEDS)
+
+
 def test_cell_cache_passes_over_a_cell_another_live_process_holds(tmp_path, fake_training):
   calls = fake_training
   cache = _sweep.CellCache(str(tmp_path), log=lambda s: None)
